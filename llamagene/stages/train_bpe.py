@@ -1,0 +1,271 @@
+"""Stage ``train_bpe``: learn a DNA and a protein BPE vocabulary with SentencePiece.
+
+Reads   DNA FASTA/FASTQ (``dna_inputs``) and protein FASTA (``protein_inputs``), plain or gzip.
+Writes  ``<run_dir>/train_bpe/``:
+          ``dna.model``, ``dna.vocab``          SentencePiece BPE model and its pieces/scores
+          ``protein.model``, ``protein.vocab``  the same for protein
+          ``dna_heldout.txt``, ``protein_heldout.txt``  windows kept out of training
+          ``stats.json``                        pieces, characters read/sampled, bases/token
+Run     ``llamagene run PIPELINE.yaml --only train_bpe``
+
+Genomes stream through :func:`llamagene.sequences.iter_windows` and are cut into sentences of
+``dna_sentence_length`` bases (SentencePiece silently skips sentences over its
+``max_sentence_length``; llamagene sets that limit above the sentence length). Each window
+draws a number from a generator seeded with ``seed``: a ``heldout_fraction`` of windows is kept
+out for measuring, and from the rest a uniform sample of at most ``max_train_chars`` characters
+is kept (the windows with the smallest draws), so memory is bounded by the budget, not by the
+genome, and the same inputs and seed give the same vocabulary byte for byte.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llamagene.config import InputPath, StrictModel
+from llamagene.errors import StageError
+from llamagene.manifest import write_bytes_atomic, write_text_atomic
+from llamagene.sequences import (
+    SequenceFormatError,
+    SequenceKind,
+    SequencePolicy,
+    SequenceStats,
+    iter_windows,
+    open_text,
+)
+from llamagene.stages import StageContext
+
+log = logging.getLogger("llamagene")
+
+
+class TrainBpeConfig(StrictModel):
+    """Config of ``train_bpe``. Defaults follow llama-gene (30,000 pieces per vocabulary)."""
+
+    dna_inputs: list[InputPath] = []
+    """DNA FASTA/FASTQ files (plain or gzip); lowercase (soft-masked) bases are upper-cased."""
+    protein_inputs: list[InputPath] = []
+    """Protein FASTA files (plain or gzip)."""
+    dna_vocab_size: int = Field(30000, ge=2)
+    protein_vocab_size: int = Field(30000, ge=2)
+    dna_sentence_length: int = Field(1000, ge=8, le=100_000)
+    """Bases per training sentence (window); records and N gaps always end a window."""
+    protein_sentence_length: int = Field(2000, ge=8, le=100_000)
+    """Residues per sentence; longer proteins are cut into several."""
+    min_sentence_length: int = Field(20, ge=1)
+    """Shorter record tails are dropped (counted in stats.json)."""
+    max_piece_length: int = Field(16, ge=2, le=64)
+    """Longest piece SentencePiece may learn, in characters."""
+    max_train_chars: int = Field(1_000_000_000, ge=1000)
+    """Per kind: a larger input is sampled down to this many characters (uniformly, seeded)."""
+    heldout_fraction: float = Field(0.01, ge=0.0, lt=0.5)
+    """Share of windows kept out of training to measure bases/token (and, later, the merge)."""
+    max_heldout_chars: int = Field(2_000_000, ge=0)
+    iupac: Literal["to_n", "error"] = "to_n"
+    """DNA: IUPAC ambiguity codes (R, Y, ...) become N, or are an error."""
+    n_run_min_length: int = Field(10, ge=0)
+    """DNA: N runs at least this long (assembly gaps) end a window and are skipped; 0 keeps all."""
+    protein_ambiguous: Literal["keep", "to_x", "error"] = "keep"
+    """Protein: B, Z, J, U, O kept, mapped to X, or an error."""
+    seed: int = 42
+    num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> TrainBpeConfig:
+        if not self.dna_inputs and not self.protein_inputs:
+            raise ValueError("give dna_inputs, protein_inputs or both")
+        return self
+
+    def policy(self, kind: SequenceKind) -> SequencePolicy:
+        return SequencePolicy(
+            kind=kind,
+            iupac=self.iupac,
+            n_run_min_length=self.n_run_min_length,
+            protein_ambiguous=self.protein_ambiguous,
+        )
+
+
+@dataclass
+class KindStats:
+    """What ``train_bpe`` measured for one sequence kind (written to stats.json)."""
+
+    inputs: list[str]
+    records: int
+    chars_read: int
+    windows: int
+    dropped_short_windows: int
+    n_runs_skipped: int
+    train_windows: int
+    train_chars: int
+    heldout_windows: int
+    heldout_chars: int
+    vocab_size_requested: int
+    pieces: int
+    chars_per_token_heldout: float
+    train_seconds: float
+
+
+class TrainBpe:
+    name = "train_bpe"
+    upstream: tuple[str, ...] = ()
+
+    def inputs(self, cfg: TrainBpeConfig) -> dict[str, Path]:
+        named = {f"dna_inputs[{i}]": p for i, p in enumerate(cfg.dna_inputs)}
+        named.update({f"protein_inputs[{i}]": p for i, p in enumerate(cfg.protein_inputs)})
+        return named
+
+    def check(self, cfg: TrainBpeConfig) -> list[str]:
+        problems = []
+        for name, path in self.inputs(cfg).items():
+            problem = _sniff_sequence_file(path)
+            if problem:
+                problems.append(f"{name}: {problem}")
+        return problems
+
+    def run(self, cfg: TrainBpeConfig, ctx: StageContext) -> None:
+        stats: dict[str, KindStats] = {}
+        for kind, paths, vocab_size, length in (
+            ("dna", cfg.dna_inputs, cfg.dna_vocab_size, cfg.dna_sentence_length),
+            ("protein", cfg.protein_inputs, cfg.protein_vocab_size, cfg.protein_sentence_length),
+        ):
+            if paths:
+                stats[kind] = _train_one(kind, paths, vocab_size, length, cfg, ctx.out_dir)
+        write_text_atomic(
+            ctx.out_dir / "stats.json",
+            json.dumps({k: asdict(v) for k, v in stats.items()}, indent=2) + "\n",
+        )
+        for kind, s in stats.items():
+            ctx.report[f"{kind}_pieces"] = s.pieces
+            ctx.report[f"{kind}_chars_per_token_heldout"] = round(s.chars_per_token_heldout, 3)
+
+
+STAGE = TrainBpe()
+
+
+def _train_one(
+    kind: SequenceKind,
+    paths: list[Path],
+    vocab_size: int,
+    sentence_length: int,
+    cfg: TrainBpeConfig,
+    out_dir: Path,
+) -> KindStats:
+    from tqdm import tqdm
+
+    from llamagene.vocab import chars_per_token, train_sentencepiece_bpe
+
+    rng = random.Random(f"{cfg.seed}:{kind}")
+    seq_stats = SequenceStats(0, 0, 0, 0, 0, 0)
+    # max-heap (by negated draw) of the kept training windows: (-draw, order, text)
+    kept: list[tuple[float, int, str]] = []
+    kept_chars = heldout_chars = chars_read = 0
+    heldout: list[str] = []
+    alphabet: set[str] = set()
+    unit = "bp" if kind == "dna" else "aa"
+    with tqdm(desc=f"train_bpe: reading {kind}", unit=unit, unit_scale=True, disable=None) as bar:
+        try:
+            windows = iter_windows(
+                paths, cfg.policy(kind), sentence_length, cfg.min_sentence_length, seq_stats
+            )
+            for order, window in enumerate(windows):
+                text = window.text
+                chars_read += len(text)
+                bar.update(len(text))
+                draw = rng.random()
+                if draw < cfg.heldout_fraction:
+                    if heldout_chars + len(text) <= cfg.max_heldout_chars:
+                        heldout.append(text)
+                        heldout_chars += len(text)
+                    continue
+                heapq.heappush(kept, (-draw, order, text))
+                kept_chars += len(text)
+                while kept_chars > cfg.max_train_chars and len(kept) > 1:
+                    kept_chars -= len(heapq.heappop(kept)[2])
+        except SequenceFormatError as err:
+            raise StageError(str(err)) from None
+    if not kept:
+        raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
+    sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
+    for text in sentences:
+        alphabet.update(set(text))
+    if vocab_size < len(alphabet) + 1:
+        raise StageError(
+            f"{kind}_vocab_size {vocab_size} is smaller than the {kind} alphabet seen "
+            f"({''.join(sorted(alphabet))}: {len(alphabet)} letters) plus <unk>: "
+            f"use at least {len(alphabet) + 1}"
+        )
+    log.info(
+        "train_bpe: %s: %d sentences, %.1f M%s -> %d pieces",
+        kind, len(sentences), kept_chars / 1e6, unit, vocab_size,
+    )  # fmt: skip
+    start = time.perf_counter()
+    model = train_sentencepiece_bpe(
+        sentences,
+        vocab_size=vocab_size,
+        max_piece_length=cfg.max_piece_length,
+        max_sentence_length=sentence_length + 16,
+        num_threads=cfg.num_threads,
+        seed=cfg.seed,
+    )
+    seconds = time.perf_counter() - start
+    write_bytes_atomic(out_dir / f"{kind}.model", model)
+    pieces = _write_vocab(model, out_dir / f"{kind}.vocab")
+    write_text_atomic(out_dir / f"{kind}_heldout.txt", "".join(f"{t}\n" for t in heldout))
+    ratio = chars_per_token(model, heldout or sentences[:100])
+    log.info("train_bpe: %s: %d pieces, %.3f %s/token held out", kind, pieces, ratio, unit)
+    if pieces < vocab_size:
+        log.warning(
+            "train_bpe: %s: asked for %d pieces, the data supports %d", kind, vocab_size, pieces
+        )
+    return KindStats(
+        inputs=[str(p) for p in paths],
+        records=seq_stats.records,
+        chars_read=chars_read,
+        windows=seq_stats.windows,
+        dropped_short_windows=seq_stats.dropped_short,
+        n_runs_skipped=seq_stats.n_runs_skipped,
+        train_windows=len(sentences),
+        train_chars=kept_chars,
+        heldout_windows=len(heldout),
+        heldout_chars=heldout_chars,
+        vocab_size_requested=vocab_size,
+        pieces=pieces,
+        chars_per_token_heldout=ratio,
+        train_seconds=round(seconds, 2),
+    )
+
+
+def _write_vocab(model: bytes, path: Path) -> int:
+    from llamagene.vocab import parse_model
+
+    proto = parse_model(model)
+    write_text_atomic(path, "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces))
+    return len(proto.pieces)
+
+
+def _sniff_sequence_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a FASTA/FASTQ file, judged from its first line; None if it can."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_file():
+        return f"{path} is not a file"
+    try:
+        with open_text(path) as handle:
+            for line in handle:
+                if line.strip():
+                    if line.lstrip()[0] not in ">@":
+                        return f"{path} is not FASTA/FASTQ (its first line does not start with '>' or '@')"
+                    return None
+    except SequenceFormatError as err:
+        return str(err)
+    except OSError as err:
+        return f"{path}: {err}"
+    return f"{path} is empty"
