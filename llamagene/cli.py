@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help="run only this stage (repeatable); its upstream stages must have run",
     )
-    run.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
+    run.add_argument(
+        "--force", action="store_true", help="re-run the selected stages even if up to date"
+    )
     add("status", "list each stage as up to date, stale or failed, with the reasons")
     add("validate", "check every config value and input path without running anything")
     return parser

@@ -98,7 +98,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -111,7 +111,7 @@ def load_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(str(path), [f"cannot read: {err}"]) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -145,9 +145,7 @@ def apply_overrides(
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                problems.append(
-                    f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a mapping"
-                )
+                problems.append(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a mapping")
                 break
             node = child
         else:

@@ -154,11 +154,18 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"not a llamagene manifest (no \"format\": \"{FORMAT}\")")
+                raise ValueError(f'not a llamagene manifest (no "format": "{FORMAT}")')
             if data.get("version") != VERSION:
                 raise ValueError(f"manifest version {data.get('version')!r}, expected {VERSION}")
             stages = {name: _stage_from_json(rec) for name, rec in data["stages"].items()}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError) as err:
+        except (
+            OSError,
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as err:
             raise ManifestError(
                 f"{path}: corrupt manifest ({err}). Move it aside to start the run record afresh "
                 f"(every stage will then re-run), or restore it from a backup."

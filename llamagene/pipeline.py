@@ -105,7 +105,9 @@ class Pipeline:
         for stage, cfg in self.stages():
             for up in stage.upstream:
                 if up not in names:
-                    problems.append(f"stages.{stage.name}: needs stage '{up}', which is not configured")
+                    problems.append(
+                        f"stages.{stage.name}: needs stage '{up}', which is not configured"
+                    )
             problems.extend(f"stages.{stage.name}: {p}" for p in stage.check(cfg))
         return problems
 
@@ -133,8 +135,10 @@ class Pipeline:
         if unknown:
             raise ConfigError(
                 str(self.path),
-                [f"--only {name}: not a stage of this pipeline ({', '.join(sorted(configured))})"
-                 for name in unknown],
+                [
+                    f"--only {name}: not a stage of this pipeline ({', '.join(sorted(configured))})"
+                    for name in unknown
+                ],
             )
         problems = self.check()
         if problems:
@@ -165,7 +169,7 @@ class Pipeline:
 
 
 def load_pipeline(path: Path, overrides: Sequence[str] = ()) -> Pipeline:
-    """Read, override and validate a pipeline file; raise :class:`ConfigError` with every problem."""
+    """Read, override and validate a pipeline file; :class:`ConfigError` lists every problem."""
     path = path.resolve()
     data = load_yaml(path)
     if not isinstance(data, dict):
@@ -201,8 +205,7 @@ def why_stale(
     reasons = [f"config changed: {c}" for c in config_changes(record.config, to_plain(cfg))]
     reasons += [f"input {c}" for c in changed_files(record.inputs, stage.inputs(cfg))]
     reasons += [
-        f"output {c}"
-        for c in changed_files(record.outputs, {stage.name: run_dir / stage.name})
+        f"output {c}" for c in changed_files(record.outputs, {stage.name: run_dir / stage.name})
     ]
     for up in stage.upstream:
         up_record = manifest.stages.get(up)

@@ -18,15 +18,17 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from llamagene.alphabets import LETTERS, SequenceKind, model_code
 from llamagene.errors import StageError
 from llamagene.manifest import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from sentencepiece import sentencepiece_model_pb2 as pb
     from tokenizers import Tokenizer
+
+#: ``sentencepiece_model_pb2.ModelProto``: generated protobuf code without type information.
+ModelProto: TypeAlias = Any
 
 # SentencePiece piece types (sentencepiece_model.proto)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -96,7 +98,7 @@ def chars_per_token(model: bytes, texts: Iterable[str]) -> float:
     return chars / tokens if tokens else 0.0
 
 
-def parse_model(data: bytes) -> pb.ModelProto:
+def parse_model(data: bytes) -> ModelProto:
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
@@ -104,7 +106,7 @@ def parse_model(data: bytes) -> pb.ModelProto:
     return proto
 
 
-def load_base_tokenizer(path: Path) -> pb.ModelProto:
+def load_base_tokenizer(path: Path) -> ModelProto:
     """Read a LLaMA-family base: a SentencePiece ``.model`` file, or a HF dir holding one.
 
     Byte-level BPE bases (LLaMA-3 style ``tokenizer.json`` without ``tokenizer.model``) and
@@ -165,7 +167,7 @@ def _no_sentencepiece_reason(path: Path) -> str:
     )
 
 
-def _model_type_name(proto: pb.ModelProto) -> str:
+def _model_type_name(proto: ModelProto) -> str:
     return {1: "Unigram", 2: "BPE", 3: "word", 4: "char"}.get(proto.trainer_spec.model_type, "?")
 
 
@@ -173,13 +175,13 @@ def _model_type_name(proto: pb.ModelProto) -> str:
 class MergedVocab:
     """A merged SentencePiece model and where each sequence kind's pieces sit in it."""
 
-    proto: pb.ModelProto
+    proto: ModelProto
     base_size: int
     #: kind -> (first id, one past the last id) of its pieces
-    ranges: dict[str, tuple[int, int]]
+    ranges: dict[SequenceKind, tuple[int, int]]
 
 
-def merge_models(base: pb.ModelProto, sequence_models: Mapping[SequenceKind, bytes]) -> MergedVocab:
+def merge_models(base: ModelProto, sequence_models: Mapping[SequenceKind, bytes]) -> MergedVocab:
     """Append each sequence model's pieces (in its private-use alphabet) after the base's."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -188,7 +190,7 @@ def merge_models(base: pb.ModelProto, sequence_models: Mapping[SequenceKind, byt
     normal_scores = [p.score for p in base.pieces if p.type == NORMAL and p.score > _HAND_SCORE]
     score = min(normal_scores, default=0.0) - 1.0
     existing = {p.piece for p in base.pieces}
-    ranges: dict[str, tuple[int, int]] = {}
+    ranges: dict[SequenceKind, tuple[int, int]] = {}
     for kind, data in sequence_models.items():
         table = {ord(c): model_code(kind, c) for c in LETTERS[kind]}
         start = len(merged.pieces)
@@ -210,7 +212,7 @@ def merge_models(base: pb.ModelProto, sequence_models: Mapping[SequenceKind, byt
     return MergedVocab(merged, len(base.pieces), ranges)
 
 
-def build_fast_tokenizer(proto: pb.ModelProto) -> Tokenizer:
+def build_fast_tokenizer(proto: ModelProto) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` that encodes exactly like the SentencePiece BPE ``proto``."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
@@ -273,9 +275,8 @@ def build_fast_tokenizer(proto: pb.ModelProto) -> Tokenizer:
 
 
 def _code_letters() -> list[tuple[int, str]]:
-    return [
-        (ord(model_code(kind, letter)), letter) for kind, letters in LETTERS.items() for letter in letters
-    ]
+    kinds: tuple[SequenceKind, ...] = ("dna", "protein")
+    return [(ord(model_code(kind, c)), c) for kind in kinds for c in LETTERS[kind]]
 
 
 def save_hf_tokenizer(merged: MergedVocab, out_dir: Path, model_max_length: int) -> None:

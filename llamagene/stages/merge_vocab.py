@@ -43,7 +43,7 @@ class MergeVocabConfig(StrictModel):
 
     base_tokenizer: InputPath
     """A LLaMA-family SentencePiece BPE ``tokenizer.model``, or a HF tokenizer folder with one."""
-    english_eval_files: list[InputPath] = []
+    english_eval_files: list[InputPath] = Field(default_factory=list)
     """Plain-text files whose lines check that English is unchanged; default: the docstrings
     of Python's standard library (real English prose present on every machine)."""
     min_split_agreement: float = Field(0.99, ge=0.0, le=1.0)
@@ -225,7 +225,9 @@ def _mixed_prompts(heldout: dict[SequenceKind, list[str]]) -> list[str]:
     dna = heldout.get("dna", [])[:50]
     protein = heldout.get("protein", [])[:50]
     prompts = [f"Is this sequence a promoter?  <dna>{s}</dna>\nAnswer: yes" for s in dna]
-    prompts += [f"What does this protein do?\n<protein>{p}</protein> It binds ATP." for p in protein]
+    prompts += [
+        f"What does this protein do?\n<protein>{p}</protein> It binds ATP." for p in protein
+    ]
     prompts += [
         f"Does <protein>{p[:60]}</protein> bind <dna>{s[:80]}</dna>? No."
         for s, p in zip(dna, protein, strict=False)
@@ -259,7 +261,7 @@ _STDLIB_DOC_MODULES = (
     "argparse", "collections", "csv", "datetime", "decimal", "difflib", "email.message",
     "fractions", "functools", "gzip", "heapq", "http.client", "itertools", "json", "logging",
     "pathlib", "shutil", "statistics", "string", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "typing", "unittest", "urllib.parse", "zipfile",
+    "textwrap", "threading", "enum", "unittest", "urllib.parse", "zipfile",
 )  # fmt: skip
 
 

@@ -31,12 +31,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from llamagene.alphabets import SequenceKind
 from llamagene.config import InputPath, StrictModel
 from llamagene.errors import StageError
 from llamagene.manifest import write_bytes_atomic, write_text_atomic
 from llamagene.sequences import (
     SequenceFormatError,
-    SequenceKind,
     SequencePolicy,
     SequenceStats,
     iter_windows,
@@ -50,9 +50,9 @@ log = logging.getLogger("llamagene")
 class TrainBpeConfig(StrictModel):
     """Config of ``train_bpe``. Defaults follow llama-gene (30,000 pieces per vocabulary)."""
 
-    dna_inputs: list[InputPath] = []
+    dna_inputs: list[InputPath] = Field(default_factory=list)
     """DNA FASTA/FASTQ files (plain or gzip); lowercase (soft-masked) bases are upper-cased."""
-    protein_inputs: list[InputPath] = []
+    protein_inputs: list[InputPath] = Field(default_factory=list)
     """Protein FASTA files (plain or gzip)."""
     dna_vocab_size: int = Field(30000, ge=2)
     protein_vocab_size: int = Field(30000, ge=2)
@@ -132,19 +132,22 @@ class TrainBpe:
 
     def run(self, cfg: TrainBpeConfig, ctx: StageContext) -> None:
         stats: dict[str, KindStats] = {}
-        for kind, paths, vocab_size, length in (
+        jobs: tuple[tuple[SequenceKind, list[Path], int, int], ...] = (
             ("dna", cfg.dna_inputs, cfg.dna_vocab_size, cfg.dna_sentence_length),
             ("protein", cfg.protein_inputs, cfg.protein_vocab_size, cfg.protein_sentence_length),
-        ):
+        )
+        for kind, paths, vocab_size, length in jobs:
             if paths:
                 stats[kind] = _train_one(kind, paths, vocab_size, length, cfg, ctx.out_dir)
         write_text_atomic(
             ctx.out_dir / "stats.json",
             json.dumps({k: asdict(v) for k, v in stats.items()}, indent=2) + "\n",
         )
-        for kind, s in stats.items():
-            ctx.report[f"{kind}_pieces"] = s.pieces
-            ctx.report[f"{kind}_chars_per_token_heldout"] = round(s.chars_per_token_heldout, 3)
+        for name, kind_stats in stats.items():
+            ctx.report[f"{name}_pieces"] = kind_stats.pieces
+            ctx.report[f"{name}_chars_per_token_heldout"] = round(
+                kind_stats.chars_per_token_heldout, 3
+            )
 
 
 STAGE = TrainBpe()
@@ -262,7 +265,7 @@ def _sniff_sequence_file(path: Path) -> str | None:
             for line in handle:
                 if line.strip():
                     if line.lstrip()[0] not in ">@":
-                        return f"{path} is not FASTA/FASTQ (its first line does not start with '>' or '@')"
+                        return f"{path} is not FASTA/FASTQ (no '>' or '@' at its start)"
                     return None
     except SequenceFormatError as err:
         return str(err)
