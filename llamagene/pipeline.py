@@ -109,7 +109,21 @@ class Pipeline:
                         f"stages.{stage.name}: needs stage '{up}', which is not configured"
                     )
             problems.extend(f"stages.{stage.name}: {p}" for p in stage.check(cfg))
+            for name, path in stage.inputs(cfg).items():
+                owner = self._output_owner(path)
+                if owner:
+                    problems.append(
+                        f"stages.{stage.name}.{name}: {path} is inside {owner}'s output folder, "
+                        f"which llamagene replaces when {owner} runs; copy the file elsewhere"
+                    )
         return problems
+
+    def _output_owner(self, path: Path) -> str | None:
+        """The stage whose output folder holds ``path`` (stages own their folders whole)."""
+        for stage in all_stages():
+            if path.resolve().is_relative_to((self.run_dir / stage.name).resolve()):
+                return stage.name
+        return None
 
     def status(self) -> list[StageStatus]:
         manifest = Manifest.load(self.run_dir)

@@ -120,6 +120,11 @@ class MergeVocab:
             "design": "private-use alphabets per sequence kind (see llamagene.alphabets)",
             "checks": {name: a.as_dict() for name, a in checks.items()},
         }
+        for name, agreement in checks.items():
+            log.info(
+                "merge_vocab: %-18s %d/%d (%.2f%%)",
+                name, agreement.passed, agreement.total, 100 * agreement.rate,
+            )  # fmt: skip
         write_text_atomic(ctx.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
         write_text_atomic(ctx.out_dir / "report.md", _markdown(report, checks))
         ctx.report.update(
