@@ -14,7 +14,11 @@ Genomes stream through :func:`llamagene.sequences.iter_windows` and are cut into
 draws a number from a generator seeded with ``seed``: a ``heldout_fraction`` of windows is kept
 out for measuring, and from the rest a uniform sample of at most ``max_train_chars`` characters
 is kept (the windows with the smallest draws), so memory is bounded by the budget, not by the
-genome, and the same inputs and seed give the same vocabulary byte for byte.
+genome, and the same inputs and seed give the same vocabulary byte for byte. On small inputs the
+held-out set is topped up to ``min_heldout_windows`` from the windows last in line for training.
+
+``dna_vocab_size`` counts SentencePiece's ``<unk>`` piece, as llama-gene's 30,000 did: the
+merged tokenizer gains ``dna_vocab_size - 1`` DNA pieces (likewise for protein).
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class TrainBpeConfig(StrictModel):
     """Per kind: a larger input is sampled down to this many characters (uniformly, seeded)."""
     heldout_fraction: float = Field(0.01, ge=0.0, lt=0.5)
     """Share of windows kept out of training to measure bases/token (and, later, the merge)."""
+    min_heldout_windows: int = Field(200, ge=0)
+    """Hold out at least this many windows (taken from those last in line for training, at most
+    a tenth of them), so the checks have enough data on small inputs; 0 turns this off."""
     max_heldout_chars: int = Field(2_000_000, ge=0)
     iupac: Literal["to_n", "error"] = "to_n"
     """DNA: IUPAC ambiguity codes (R, Y, ...) become N, or are an error."""
@@ -76,7 +83,8 @@ class TrainBpeConfig(StrictModel):
     protein_ambiguous: Literal["keep", "to_x", "error"] = "keep"
     """Protein: B, Z, J, U, O kept, mapped to X, or an error."""
     seed: int = 42
-    num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    num_threads: int | None = Field(None, ge=1)
+    """SentencePiece training threads; default: every CPU this process may use."""
 
     @model_validator(mode="after")
     def _needs_input(self) -> TrainBpeConfig:
@@ -161,44 +169,18 @@ def _train_one(
     cfg: TrainBpeConfig,
     out_dir: Path,
 ) -> KindStats:
-    from tqdm import tqdm
-
     from llamagene.vocab import chars_per_token, train_sentencepiece_bpe
 
-    rng = random.Random(f"{cfg.seed}:{kind}")
     seq_stats = SequenceStats(0, 0, 0, 0, 0, 0)
-    # max-heap (by negated draw) of the kept training windows: (-draw, order, text)
-    kept: list[tuple[float, int, str]] = []
-    kept_chars = heldout_chars = chars_read = 0
-    heldout: list[str] = []
-    alphabet: set[str] = set()
     unit = "bp" if kind == "dna" else "aa"
-    with tqdm(desc=f"train_bpe: reading {kind}", unit=unit, unit_scale=True, disable=None) as bar:
-        try:
-            windows = iter_windows(
-                paths, cfg.policy(kind), sentence_length, cfg.min_sentence_length, seq_stats
-            )
-            for order, window in enumerate(windows):
-                text = window.text
-                chars_read += len(text)
-                bar.update(len(text))
-                draw = rng.random()
-                if draw < cfg.heldout_fraction:
-                    if heldout_chars + len(text) <= cfg.max_heldout_chars:
-                        heldout.append(text)
-                        heldout_chars += len(text)
-                    continue
-                heapq.heappush(kept, (-draw, order, text))
-                kept_chars += len(text)
-                while kept_chars > cfg.max_train_chars and len(kept) > 1:
-                    kept_chars -= len(heapq.heappop(kept)[2])
-        except SequenceFormatError as err:
-            raise StageError(str(err)) from None
-    if not kept:
-        raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
-    sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
+    sentences, heldout, chars_read = _sample_windows(
+        kind, paths, sentence_length, cfg, seq_stats, unit
+    )
+    kept_chars = sum(map(len, sentences))
+    heldout_chars = sum(map(len, heldout))
+    alphabet: set[str] = set()
     for text in sentences:
-        alphabet.update(set(text))
+        alphabet.update(text)
     if vocab_size < len(alphabet) + 1:
         raise StageError(
             f"{kind}_vocab_size {vocab_size} is smaller than the {kind} alphabet seen "
@@ -215,7 +197,7 @@ def _train_one(
         vocab_size=vocab_size,
         max_piece_length=cfg.max_piece_length,
         max_sentence_length=sentence_length + 16,
-        num_threads=cfg.num_threads,
+        num_threads=cfg.num_threads or len(os.sched_getaffinity(0)),
         seed=cfg.seed,
     )
     seconds = time.perf_counter() - start
@@ -244,6 +226,59 @@ def _train_one(
         chars_per_token_heldout=ratio,
         train_seconds=round(seconds, 2),
     )
+
+
+def _sample_windows(
+    kind: SequenceKind,
+    paths: list[Path],
+    sentence_length: int,
+    cfg: TrainBpeConfig,
+    seq_stats: SequenceStats,
+    unit: str,
+) -> tuple[list[str], list[str], int]:
+    """Stream the windows once: ``(training sentences in input order, held out, chars read)``."""
+    from tqdm import tqdm
+
+    rng = random.Random(f"{cfg.seed}:{kind}")
+    # max-heap (by negated draw) of the kept training windows: (-draw, order, text)
+    kept: list[tuple[float, int, str]] = []
+    heldout: list[str] = []
+    kept_chars = heldout_chars = chars_read = 0
+    with tqdm(desc=f"train_bpe: reading {kind}", unit=unit, unit_scale=True, disable=None) as bar:
+        try:
+            windows = iter_windows(
+                paths, cfg.policy(kind), sentence_length, cfg.min_sentence_length, seq_stats
+            )
+            for order, window in enumerate(windows):
+                text = window.text
+                chars_read += len(text)
+                bar.update(len(text))
+                draw = rng.random()
+                if draw < cfg.heldout_fraction:
+                    if heldout_chars + len(text) <= cfg.max_heldout_chars:
+                        heldout.append(text)
+                        heldout_chars += len(text)
+                    continue
+                heapq.heappush(kept, (-draw, order, text))
+                kept_chars += len(text)
+                while kept_chars > cfg.max_train_chars and len(kept) > 1:
+                    kept_chars -= len(heapq.heappop(kept)[2])
+        except SequenceFormatError as err:
+            raise StageError(str(err)) from None
+    # Small inputs: top the held-out set up with the windows last in line for training.
+    if cfg.heldout_fraction > 0:
+        movable = min(cfg.min_heldout_windows - len(heldout), len(kept) // 10)
+        for _ in range(max(movable, 0)):
+            text = kept[0][2]
+            if heldout_chars + len(text) > cfg.max_heldout_chars:
+                break
+            heapq.heappop(kept)
+            heldout.append(text)
+            heldout_chars += len(text)
+    if not kept:
+        raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
+    sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
+    return sentences, heldout, chars_read
 
 
 def _write_vocab(model: bytes, path: Path) -> int:
