@@ -99,7 +99,7 @@ def _load(raw: Sequence[str]) -> Pipeline:
 
 def _run(pipeline: Pipeline, only: Sequence[str], force: bool) -> int:
     results = pipeline.run(only=only, force=force)
-    ran = [r.name for r in results if r.state != "up to date"]
+    ran = [r.name for r in results if r.state == "ran"]
     if not ran:
         print(f"everything is up to date in {pipeline.run_dir}: nothing to do")
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -51,7 +52,8 @@ from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.train_bpe import TrainBpeConfig
 
 log = logging.getLogger("llamagene")
-State = Literal["up to date", "stale", "failed"]
+#: A stage as ``status`` sees it; ``run`` reports "ran" for the stages it ran.
+State = Literal["up to date", "stale", "failed", "ran"]
 _TRACKED_PACKAGES = ("sentencepiece", "tokenizers", "transformers", "torch", "peft", "deepspeed")
 
 
@@ -169,6 +171,10 @@ class Pipeline:
                 if not selected:
                     if reasons:
                         rerun.add(stage.name)
+                        log.warning(
+                            "%s is stale (%s) but not selected: later stages use its last output",
+                            stage.name, "; ".join(reasons),
+                        )  # fmt: skip
                     continue
                 if not reasons and not force:
                     log.info("%s: up to date, nothing to do", stage.name)
@@ -178,7 +184,7 @@ class Pipeline:
                 log.info("%s: running (%s)", stage.name, "; ".join(reasons))
                 _run_stage(stage, cfg, manifest, self.run_dir)
                 rerun.add(stage.name)
-                done.append(StageStatus(stage.name, "stale", reasons))
+                done.append(StageStatus(stage.name, "ran", reasons))
         return done
 
 
@@ -319,8 +325,6 @@ def _describe(err: BaseException) -> str:
 
 
 def _json(data: Any) -> str:
-    import json
-
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 

@@ -66,6 +66,8 @@ def test_run_status_and_overrides(make_pipeline, capsys: pytest.CaptureFixture[s
     assert main(["run", path]) == 0
     assert main(["run", path]) == 0
     assert "everything is up to date" in capsys.readouterr().out
+    assert main(["run", path, "--only", "merge_vocab", "--force"]) == 0
+    assert "ran merge_vocab;" in capsys.readouterr().out
     assert main(["status", path, "train_bpe.protein_vocab_size=250"]) == 0
     assert "config changed: protein_vocab_size: 300 -> 250" in capsys.readouterr().out
 
