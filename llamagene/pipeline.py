@@ -165,12 +165,14 @@ class Pipeline:
             _remove_leftovers(self.run_dir)
             manifest = Manifest.load(self.run_dir)
             rerun: set[str] = set()
+            feeds_selected = {up for s, _ in self.stages() if s.name in only for up in s.upstream}
             for stage, cfg in self.stages():
                 reasons = why_stale(stage, cfg, manifest, self.run_dir, rerun)
                 selected = not only or stage.name in only
                 if not selected:
                     if reasons:
                         rerun.add(stage.name)
+                    if reasons and stage.name in feeds_selected:
                         log.warning(
                             "%s is stale (%s) but not selected: later stages use its last output",
                             stage.name, "; ".join(reasons),

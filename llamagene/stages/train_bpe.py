@@ -23,15 +23,18 @@ merged tokenizer gains ``dna_vocab_size - 1`` DNA pieces (likewise for protein).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
 import os
 import random
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -68,8 +71,10 @@ class TrainBpeConfig(StrictModel):
     """Shorter record tails are dropped (counted in stats.json)."""
     max_piece_length: int = Field(16, ge=2, le=64)
     """Longest piece SentencePiece may learn, in characters."""
-    max_train_chars: int = Field(1_000_000_000, ge=1000)
-    """Per kind: a larger input is sampled down to this many characters (uniformly, seeded)."""
+    max_train_chars: int = Field(200_000_000, ge=1000)
+    """Per kind: a larger input is sampled down to this many characters (uniformly, seeded).
+    SentencePiece needs about 37 bytes of memory per training character (100 Mbp: 3.7 GB);
+    llama-gene trained on 1 GB per kind, which needs a machine with ~40 GB."""
     heldout_fraction: float = Field(0.01, ge=0.0, lt=0.5)
     """Share of windows kept out of training to measure bases/token (and, later, the merge)."""
     min_heldout_windows: int = Field(200, ge=0)
@@ -192,14 +197,15 @@ def _train_one(
         kind, len(sentences), kept_chars / 1e6, unit, vocab_size,
     )  # fmt: skip
     start = time.perf_counter()
-    model = train_sentencepiece_bpe(
-        sentences,
-        vocab_size=vocab_size,
-        max_piece_length=cfg.max_piece_length,
-        max_sentence_length=sentence_length + 16,
-        num_threads=cfg.num_threads or len(os.sched_getaffinity(0)),
-        seed=cfg.seed,
-    )
+    with _elapsed(f"train_bpe: training {kind} BPE"):
+        model = train_sentencepiece_bpe(
+            sentences,
+            vocab_size=vocab_size,
+            max_piece_length=cfg.max_piece_length,
+            max_sentence_length=sentence_length + 16,
+            num_threads=cfg.num_threads or len(os.sched_getaffinity(0)),
+            seed=cfg.seed,
+        )
     seconds = time.perf_counter() - start
     write_bytes_atomic(out_dir / f"{kind}.model", model)
     pieces = _write_vocab(model, out_dir / f"{kind}.vocab")
@@ -279,6 +285,27 @@ def _sample_windows(
         raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
     sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
     return sentences, heldout, chars_read
+
+
+@contextlib.contextmanager
+def _elapsed(desc: str) -> Iterator[None]:
+    """Show elapsed time during a long call (SentencePiece releases the GIL, reports nothing)."""
+    from tqdm import tqdm
+
+    done = threading.Event()
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", disable=None) as bar:
+        ticker = threading.Thread(target=lambda: _tick(bar, done), daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+
+
+def _tick(bar: Any, done: threading.Event) -> None:
+    while not done.wait(0.5):
+        bar.refresh()
 
 
 def _write_vocab(model: bytes, path: Path) -> int:
