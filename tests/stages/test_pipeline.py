@@ -171,3 +171,11 @@ def test_deterministic_vocabulary(done: Pipeline, tmp_path: Path) -> None:
         assert (tmp_path / "again" / "train_bpe" / name).read_bytes() == (
             done.run_dir / "train_bpe" / name
         ).read_bytes()
+
+
+def test_hf_trainer_end_to_end(make_pipeline) -> None:  # type: ignore[no-untyped-def]
+    pipeline = load_pipeline(make_pipeline(train_bpe={"trainer": "hf"}))
+    assert _ran(pipeline) == ["train_bpe", "merge_vocab"]
+    report = json.loads((pipeline.run_dir / "merge_vocab" / "report.json").read_text())
+    assert report["ranges"] == {"dna": [32000, 32299], "protein": [32299, 32598]}
+    assert all(check["rate"] == 1.0 for check in report["checks"].values())

@@ -100,3 +100,23 @@ def test_unigram_base_refused(tmp_path: Path) -> None:
 def test_hf_dir_with_tokenizer_model(tmp_path: Path, base_tokenizer_path: Path) -> None:
     (tmp_path / "tokenizer.model").write_bytes(base_tokenizer_path.read_bytes())
     assert len(load_base_tokenizer(tmp_path).pieces) == 32000
+
+
+def test_hf_trainer_becomes_an_equivalent_sentencepiece_model() -> None:
+    from tokenizers import Tokenizer, models, trainers
+
+    from llamagene.vocab import parse_model, train_hf_bpe
+
+    rng = random.Random(5)
+    sentences = [_random_dna(rng, 400) for _ in range(150)]
+    model = train_hf_bpe(sentences, 300, 16)
+    proto = parse_model(model)
+    assert len(proto.pieces) == 300 and proto.pieces[0].piece == "<unk>"
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    hf = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], max_token_length=16,
+                                  show_progress=False)  # fmt: skip
+    hf.train_from_iterator(sentences, trainer=trainer)
+    held_out = [_random_dna(rng, 300) for _ in range(50)]
+    same = sum(sp.encode(s, out_type=str) == hf.encode(s).tokens for s in held_out)
+    assert same == len(held_out)
