@@ -73,7 +73,7 @@ class TrainBpeConfig(StrictModel):
     """BPE trainer: SentencePiece, or HF ``tokenizers`` (about 9x slower, equally good; its
     result is written as a SentencePiece model too, so later stages read either)."""
     max_piece_length: int = Field(16, ge=2, le=64)
-    """Longest piece SentencePiece may learn, in characters."""
+    """Longest piece the trainer may learn, in characters."""
     max_train_chars: int = Field(200_000_000, ge=1000)
     """Per kind: a larger input is sampled down to this many characters (uniformly, seeded).
     SentencePiece needs about 37 bytes of memory per training character (100 Mbp: 3.7 GB);
@@ -84,6 +84,7 @@ class TrainBpeConfig(StrictModel):
     """Hold out at least this many windows (taken from those last in line for training, at most
     a tenth of them), so the checks have enough data on small inputs; 0 turns this off."""
     max_heldout_chars: int = Field(2_000_000, ge=0)
+    """Cap on the held-out set (written to ``<kind>_heldout.txt`` for merge_vocab's checks)."""
     iupac: Literal["to_n", "error"] = "to_n"
     """DNA: IUPAC ambiguity codes (R, Y, ...) become N, or are an error."""
     n_run_min_length: int = Field(10, ge=0)
