@@ -65,6 +65,8 @@ def test_outputs_and_manifest(done: Pipeline) -> None:
         "dna_inputs[0]", "dna_inputs[1]", "protein_inputs[0]",
     }  # fmt: skip
     assert all(len(r["sha256"]) == 64 for r in merge["outputs"].values())
+    assert merge["versions"]["sentencepiece"] and merge["versions"]["python"]
+    assert "git_commit" in merge and merge["started_at"] <= merge["ended_at"]
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     assert tok.is_fast and len(tok) == 32598
@@ -87,6 +89,15 @@ def test_config_change_reruns_stage_and_downstream(done: Pipeline) -> None:
     assert reasons["train_bpe"] == ["config changed: dna_vocab_size: 300 -> 250"]
     assert reasons["merge_vocab"] == ["upstream stage train_bpe is stale and will re-run"]
     assert _ran(changed) == ["train_bpe", "merge_vocab"]
+
+
+def test_upstream_rerun_makes_downstream_stale(done: Pipeline) -> None:
+    assert _ran(done, only=["train_bpe"], force=True) == ["train_bpe"]
+    assert _reasons(done) == {
+        "train_bpe": [],
+        "merge_vocab": ["upstream stage train_bpe re-ran since"],
+    }
+    assert _ran(done) == ["merge_vocab"]
 
 
 def test_downstream_change_leaves_upstream(done: Pipeline) -> None:
