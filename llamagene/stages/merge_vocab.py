@@ -110,7 +110,7 @@ class MergeVocab:
 
         english = _english_lines(cfg.english_eval_files)
         checks = verify_merged_tokenizer(
-            tok_dir, cfg.base_tokenizer, models, _heldout(bpe_dir, models), english
+            tok_dir, base.SerializeToString(), models, _heldout(bpe_dir, models), english
         )
         report = {
             "base_tokenizer": str(cfg.base_tokenizer),
@@ -154,7 +154,7 @@ def _threshold(check: str, cfg: MergeVocabConfig) -> float:
 
 def verify_merged_tokenizer(
     tok_dir: Path,
-    base_path: Path,
+    base_model: bytes,
     models: dict[SequenceKind, bytes],
     heldout: dict[SequenceKind, list[str]],
     english: list[str],
@@ -163,15 +163,11 @@ def verify_merged_tokenizer(
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from llamagene.vocab import load_base_tokenizer
-
     fast = AutoTokenizer.from_pretrained(str(tok_dir))
     if not fast.is_fast:
         raise StageError(f"{tok_dir}: AutoTokenizer did not load a fast tokenizer")
     slow = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
-    base = spm.SentencePieceProcessor(
-        model_proto=load_base_tokenizer(base_path).SerializeToString()
-    )
+    base = spm.SentencePieceProcessor(model_proto=base_model)
 
     def fast_ids(text: str) -> list[int]:
         return list(fast.encode(text, add_special_tokens=False))

@@ -46,8 +46,8 @@ from llamagene.sequences import (
     SequenceFormatError,
     SequencePolicy,
     SequenceStats,
+    iter_fragments,
     iter_windows,
-    open_text,
 )
 from llamagene.stages import StageContext
 
@@ -142,7 +142,8 @@ class TrainBpe:
     def check(self, cfg: TrainBpeConfig) -> list[str]:
         problems = []
         for name, path in self.inputs(cfg).items():
-            problem = _sniff_sequence_file(path)
+            kind: SequenceKind = "dna" if name.startswith("dna") else "protein"
+            problem = _first_record_problem(path, cfg.policy(kind))
             if problem:
                 problems.append(f"{name}: {problem}")
         return problems
@@ -323,21 +324,14 @@ def _write_vocab(model: bytes, path: Path) -> int:
     return len(proto.pieces)
 
 
-def _sniff_sequence_file(path: Path) -> str | None:
-    """Why ``path`` cannot be a FASTA/FASTQ file, judged from its first line; None if it can."""
-    if not path.exists():
-        return f"{path} does not exist"
+def _first_record_problem(path: Path, policy: SequencePolicy) -> str | None:
+    """What is wrong with ``path`` as judged from its first sequence line; None if nothing."""
     if not path.is_file():
-        return f"{path} is not a file"
+        return f"{path} does not exist" if not path.exists() else f"{path} is not a file"
     try:
-        with open_text(path) as handle:
-            for line in handle:
-                if line.strip():
-                    if line.lstrip()[0] not in ">@":
-                        return f"{path} is not FASTA/FASTQ (no '>' or '@' at its start)"
-                    return None
+        next(iter_fragments(path, policy), None)
     except SequenceFormatError as err:
         return str(err)
     except OSError as err:
         return f"{path}: {err}"
-    return f"{path} is empty"
+    return None

@@ -26,10 +26,13 @@ def _run_with_dna(make_pipeline, fasta: Path) -> None:  # type: ignore[no-untype
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("", r"dna_inputs\[0\]: .*empty\.fa is empty"),
+        ("", r"dna_inputs\[0\]: .*empty\.fa: no sequences: the file is empty"),
         (">r1\nACGT\n>r2\n>r3\nACGT\n", r"bad\.fa:3: record 'r2': record has no sequence"),
         (">r1\nACGTACGT\nACGTXCGT\n", r"bad\.fa:3: record 'r1': .*'X'"),
-        ("ACGT\n>r1\nACGT\n", r"dna_inputs\[0\]: .*bad\.fa is not FASTA/FASTQ"),
+        (
+            "ACGT\n>r1\nACGT\n",
+            r"dna_inputs\[0\]: .*bad\.fa:1: sequence text before the first header",
+        ),
     ],
     ids=["empty", "no-sequence", "bad-base", "no-header"],
 )

@@ -50,7 +50,7 @@ def test_validate_reports_every_input_problem(
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "3 problems" in err
-    assert f"dna_inputs[0]: {not_fasta} is not FASTA/FASTQ" in err
+    assert f"dna_inputs[0]: {not_fasta}:1: not FASTA/FASTQ" in err
     assert "dna_inputs[1]: " in err and "missing.fa does not exist" in err
     assert "base_tokenizer: " in err and "not a SentencePiece model" in err
     assert "Traceback" not in err
