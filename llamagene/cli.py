@@ -1,6 +1,6 @@
 """The ``llamagene`` command.
 
-    llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [key=value ...]
+    llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [--launcher CMD] [key=value ...]
     llamagene status [PIPELINE.yaml] [key=value ...]
     llamagene validate [PIPELINE.yaml] [key=value ...]
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,20 +57,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="re-run the selected stages even if up to date"
     )
+    run.add_argument(
+        "--launcher",
+        default=os.environ.get("LLAMAGENE_LAUNCHER") or None,
+        metavar="CMD",
+        help="command prefix that starts the training workers of training stages, e.g. "
+        "'torchrun --standalone --nproc_per_node 2' (default: $LLAMAGENE_LAUNCHER, else train "
+        "in this process); pipelines/cluster/launch.sh sets it for SLURM and DeepSpeed",
+    )
     add("status", "list each stage as up to date, stale or failed, with the reasons")
     add("validate", "check every config value and input path without running anything")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # positionals after options (`run --only pretrain key=value`) are still overrides
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.args = [*args.args, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from llamagene.errors import LlamageneError
 
     try:
         pipeline = _load(args.args)
         if args.command == "run":
-            return _run(pipeline, args.only, args.force)
+            launcher = shlex.split(args.launcher) if args.launcher else None
+            return _run(pipeline, args.only, args.force, launcher)
         if args.command == "status":
             return _status(pipeline)
         return _validate(pipeline)
@@ -97,8 +113,8 @@ def _load(raw: Sequence[str]) -> Pipeline:
     return load_pipeline(path, overrides)
 
 
-def _run(pipeline: Pipeline, only: Sequence[str], force: bool) -> int:
-    results = pipeline.run(only=only, force=force)
+def _run(pipeline: Pipeline, only: Sequence[str], force: bool, launcher: list[str] | None) -> int:
+    results = pipeline.run(only=only, force=force, launcher=launcher)
     ran = [r.name for r in results if r.state == "ran"]
     if not ran:
         print(f"everything is up to date in {pipeline.run_dir}: nothing to do")

@@ -47,8 +47,9 @@ from llamagene.manifest import (
     record_paths,
     write_text_atomic,
 )
-from llamagene.stages import PLANNED_STAGES, Stage, StageContext, all_stages
+from llamagene.stages import PLANNED_STAGES, WORK_DIR, Stage, StageContext, all_stages
 from llamagene.stages.merge_vocab import MergeVocabConfig
+from llamagene.stages.pretrain import PretrainConfig
 from llamagene.stages.train_bpe import TrainBpeConfig
 
 log = logging.getLogger("llamagene")
@@ -62,6 +63,7 @@ class StagesConfig(StrictModel):
 
     train_bpe: TrainBpeConfig | None = None
     merge_vocab: MergeVocabConfig | None = None
+    pretrain: PretrainConfig | None = None
 
 
 class PipelineConfig(StrictModel):
@@ -144,8 +146,15 @@ class Pipeline:
             statuses.append(StageStatus(stage.name, state, reasons))
         return statuses
 
-    def run(self, only: Sequence[str] = (), force: bool = False) -> list[StageStatus]:
-        """Run the stale stages (or those in ``only``), in order; return what each did."""
+    def run(
+        self,
+        only: Sequence[str] = (),
+        force: bool = False,
+        launcher: Sequence[str] | None = None,
+    ) -> list[StageStatus]:
+        """Run the stale stages (or those in ``only``), in order; return what each did.
+
+        ``launcher`` is the command prefix that starts training workers (see StageContext)."""
         configured = {stage.name for stage, _ in self.stages()}
         unknown = [name for name in only if name not in configured]
         if unknown:
@@ -184,7 +193,7 @@ class Pipeline:
                     continue
                 reasons = reasons or ["forced"]
                 log.info("%s: running (%s)", stage.name, "; ".join(reasons))
-                _run_stage(stage, cfg, manifest, self.run_dir)
+                _run_stage(stage, cfg, manifest, self.run_dir, launcher)
                 rerun.add(stage.name)
                 done.append(StageStatus(stage.name, "ran", reasons))
         return done
@@ -238,7 +247,9 @@ def why_stale(
     return reasons
 
 
-def _run_stage(stage: Stage, cfg: Any, manifest: Manifest, run_dir: Path) -> None:
+def _run_stage(
+    stage: Stage, cfg: Any, manifest: Manifest, run_dir: Path, launcher: Sequence[str] | None
+) -> None:
     upstream_dirs: dict[str, Path] = {}
     for up in stage.upstream:
         up_record = manifest.stages.get(up)
@@ -263,12 +274,15 @@ def _run_stage(stage: Stage, cfg: Any, manifest: Manifest, run_dir: Path) -> Non
     manifest.save()
     tmp_dir = run_dir / f".{stage.name}.tmp-{record.run_id}"
     tmp_dir.mkdir(parents=True)
-    ctx = StageContext(stage.name, run_dir, tmp_dir, upstream_dirs)
+    ctx = StageContext(
+        stage.name, run_dir, tmp_dir, upstream_dirs, launcher=list(launcher) if launcher else None
+    )
     start = time.perf_counter()
     try:
         stage.run(cfg, ctx)
         write_text_atomic(tmp_dir / "config.json", _json(record.config))
         _publish(tmp_dir, run_dir / stage.name)
+        shutil.rmtree(run_dir / WORK_DIR / stage.name, ignore_errors=True)
     except BaseException as err:
         record.status = "failed"
         record.error = _describe(err)

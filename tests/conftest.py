@@ -49,3 +49,18 @@ def write_pipeline(tmp_path: Path, **stage_overrides: dict[str, object]) -> Path
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"run_dir": "run", "stages": stages}), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def merged_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder where train_bpe and merge_vocab ran on the tiny fixtures (shared, read-only)."""
+    from llamagene.pipeline import load_pipeline
+
+    root = tmp_path_factory.mktemp("merged")
+    load_pipeline(write_pipeline(root)).run()
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def merged_tokenizer_dir(merged_run_dir: Path) -> Path:
+    return merged_run_dir / "merge_vocab" / "tokenizer"

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: Stages that are designed but not built yet; naming one in a pipeline is a clear error.
-PLANNED_STAGES: tuple[str, ...] = ("pretrain", "build_sft", "finetune", "evaluate")
+PLANNED_STAGES: tuple[str, ...] = ("build_sft", "finetune", "evaluate")
+#: Per-stage folders that survive a failed run (checkpoints); removed when the stage succeeds.
+WORK_DIR = ".work"
 
 
 @dataclass
@@ -28,10 +30,31 @@ class StageContext:
     #: Figures the stage reports (kept in the manifest and shown by ``llamagene status``).
     report: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("llamagene"))
+    #: Command prefix that starts training workers (``torchrun --nproc_per_node 8``); None
+    #: trains in this process. Stages that do not train ignore it.
+    launcher: list[str] | None = None
 
     def upstream(self, stage: str) -> Path:
         """The output folder of an upstream stage that has finished."""
         return self.upstream_dirs[stage]
+
+    def work_dir(self, key: str) -> Path:
+        """``<run_dir>/.work/<stage>/<key>/``: kept when the stage fails or is killed (so a
+        rerun with the same ``key`` can resume), removed when the stage succeeds. Folders of
+        other keys (an older config) are removed here."""
+        import shutil
+
+        stage_dir = self.run_dir / WORK_DIR / self.name
+        if stage_dir.is_dir():
+            for other in stage_dir.iterdir():
+                if other.name != key:
+                    self.log.info(
+                        "%s: removing work folder of an older config: %s", self.name, other
+                    )
+                    shutil.rmtree(other, ignore_errors=True)
+        path = stage_dir / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 class Stage(Protocol):
@@ -56,9 +79,10 @@ class Stage(Protocol):
 def all_stages() -> tuple[Stage, ...]:
     """The built stages in running order."""
     from llamagene.stages.merge_vocab import STAGE as MERGE_VOCAB
+    from llamagene.stages.pretrain import STAGE as PRETRAIN
     from llamagene.stages.train_bpe import STAGE as TRAIN_BPE
 
-    return (TRAIN_BPE, MERGE_VOCAB)
+    return (TRAIN_BPE, MERGE_VOCAB, PRETRAIN)
 
 
 def stage_names() -> tuple[str, ...]:

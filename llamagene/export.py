@@ -1,0 +1,126 @@
+"""Export a trained adapter, and the full model with it merged, so that plain HF code loads them.
+
+    export_adapter(spec, work_dir / "final", tokenizer_dir, out_dir)   # out_dir/adapter/
+    export_merged(spec, out_dir, corpus)                               # out_dir/merged/
+
+The merged model is made the only safe way: the base is rebuilt exactly as training saw it
+(grown to the merged vocabulary, new rows initialised the same way), the adapter is loaded onto
+it, merged, and saved with the tokenizer. The export is then checked: the saved folder is loaded
+back with ``AutoModelForCausalLM`` / ``AutoTokenizer``, its logits are compared with the adapter
+model's on a validation block, and it generates a few tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamagene.manifest import write_text_atomic
+from llamagene.modeling import padded_vocab_size, tokenizer_meta
+
+if TYPE_CHECKING:
+    from llamagene.corpus import PackedCorpus
+    from llamagene.training import TrainSpec
+
+log = logging.getLogger("llamagene")
+ADAPTER_META = "llamagene_adapter.json"
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "llamagene_tokenizer.json",
+)  # fmt: skip
+
+
+def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, out_dir / name)
+
+
+def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_dir: Path) -> None:
+    """``out_dir/adapter`` (+ ``out_dir/base_model`` when the base was built from a config)."""
+    adapter_dir = out_dir / "adapter"
+    shutil.copytree(
+        final_dir,
+        adapter_dir,
+        ignore=shutil.ignore_patterns("train_figures.json", "training_args.bin", "README.md"),
+    )
+    copy_tokenizer(tokenizer_dir, adapter_dir)
+    work_dir = Path(spec.work_dir)
+    if spec.model.base_model_dir is None:
+        shutil.copytree(work_dir / "base_model", out_dir / "base_model")
+    meta = tokenizer_meta(tokenizer_dir)
+    rows = padded_vocab_size(int(meta["vocab_size"]))
+    info = {
+        "format": "llamagene-adapter",
+        "version": 1,
+        "base_model": spec.model.base_model_dir or "base_model (built from a config)",
+        "rows": int(rows),
+        "base_vocab_size": meta["base_vocab_size"],
+        "tokenizer_size": meta["vocab_size"],
+        "embedding_init": spec.model.embedding_init,
+        "embedding_training": spec.model.embedding_training,
+        "how_to_load": "resize the base model's embeddings to `rows` (new rows initialised "
+        "with llamagene.modeling.grow_embeddings) before PeftModel.from_pretrained; or load "
+        "../merged with AutoModelForCausalLM",
+    }
+    write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2) + "\n")
+
+
+def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[str, Any]:
+    """Merge the adapter into the base, save ``out_dir/merged``, load it back and check it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamagene.training import build_model, resolve_precision
+
+    work_dir = Path(spec.work_dir)
+    base = build_model(spec.model, work_dir, torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(out_dir / "adapter")).eval()
+    data = corpus.dataset("valid") if corpus.valid_blocks else corpus.dataset("train")
+    sample = data[0]["input_ids"][:64].unsqueeze(0)
+    with torch.no_grad():
+        expected = peft_model(input_ids=sample).logits
+    merged = peft_model.merge_and_unload()
+    save_dtype = torch.bfloat16 if resolve_precision(spec.train["precision"]) == "bf16" else None
+    if save_dtype is not None:
+        merged = merged.to(save_dtype)
+    merged_dir = out_dir / "merged"
+    merged.save_pretrained(str(merged_dir), safe_serialization=True)
+    copy_tokenizer(Path(spec.model.tokenizer_dir), merged_dir)
+    del merged, peft_model, base
+
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(merged_dir), dtype=torch.float32, local_files_only=True
+    )
+    loaded.train(False)
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+    with torch.no_grad():
+        got = loaded(input_ids=sample).logits
+    max_diff = float((got - expected).abs().max())
+    prompt = sample[:, :16]
+    with torch.no_grad():
+        generated = loaded.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    new_tokens = int(generated.shape[1] - prompt.shape[1])
+    log.info(
+        "export: merged model reloaded; max |logit difference| vs adapter %.2e; generated %d "
+        "tokens", max_diff, new_tokens,
+    )  # fmt: skip
+    tolerance = 5e-2 if save_dtype is not None else 1e-3
+    if not max_diff <= tolerance:
+        from llamagene.errors import StageError
+
+        raise StageError(
+            f"the merged model's logits differ from the adapter model's by {max_diff:.3g} "
+            f"(tolerance {tolerance}): the export is wrong; please report it"
+        )
+    return {"max_logit_diff": max_diff, "generated_tokens": new_tokens}
