@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("llamagene")
 
 EmbeddingInit = Literal["compose", "mean"]
+#: Every linear layer of a LLaMA block (llama-gene's LoRA targets).
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EmbeddingTraining = Literal["modules_to_save", "trainable_tokens", "frozen"]
 #: Embedding rows are padded to a multiple of this (GPU matmul tiles).
 PAD_VOCAB_TO = 64
@@ -70,17 +72,7 @@ class LoraSettings(StrictModel):
     """Scale: the update is multiplied by ``alpha / r``."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter's input."""
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]  # fmt: skip
-    )
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS))
     """Names of the linear layers that get adapters."""
 
 

@@ -376,6 +376,8 @@ def _avoid_deepspeed_jit() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher may put --local_rank=N first; LOCAL_RANK in the environment says it
+    args = [a for a in args if not a.startswith("--local_rank")]
     if len(args) != 1:
         print("usage: python -m llamagene.training SPEC.json", file=sys.stderr)
         return 2

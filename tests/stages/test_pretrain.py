@@ -1,0 +1,260 @@
+"""Stage ``pretrain`` end to end on a tiny LLaMA built from a config, on the CPU.
+
+One reference run (one process, no DeepSpeed) is shared by the tests of this module. Two more
+runs check that (a) the same training under the cluster wrapper with 2 processes and DeepSpeed
+ZeRO-2 (gloo) logs the same losses, and (b) a run SIGKILLed right after a checkpoint and rerun
+ends with the very same adapter as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import FIXTURES, GENOMES, write_pipeline
+from safetensors.torch import load_file
+
+from llamagene.alphabets import to_model_text
+from llamagene.corpus import open_corpus
+from llamagene.pipeline import load_pipeline
+from llamagene.training import KILL_AFTER_SAVE_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "pipelines" / "cluster" / "launch.sh"
+ZERO2 = REPO / "pipelines" / "deepspeed" / "zero2.json"
+ZERO3 = REPO / "pipelines" / "deepspeed" / "zero3.json"
+#: Loss of a 2-process ZeRO-2 run vs the 1-process run, per logged step (measured: < 1e-6).
+MULTI_PROCESS_LOSS_TOLERANCE = 1e-4
+
+PRETRAIN: dict[str, Any] = {
+    "base_model_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
+    "data_recipe": "recipe.yaml",
+    "block_size": 64,
+    "lora": {"r": 4, "dropout": 0.0},  # dropout masks differ between 1 and 2 processes
+    "embedding_training": "trainable_tokens",
+    "data_workers": 1,
+    "training": {
+        "max_steps": 12,
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "learning_rate": 0.01,
+        "save_every_steps": 4,
+        "eval_every_steps": 6,
+        "log_every_steps": 2,
+        "gradient_checkpointing": True,
+    },
+}
+RECIPE = {
+    "seed": 7,
+    "validation_fraction": 0.1,
+    "sources": [
+        {
+            "name": "dna",
+            "kind": "dna",
+            "paths": [str(GENOMES / "genes_a.fa"), str(GENOMES / "genes_b.fa.gz")],
+            "window_chars": 512,
+        },
+        {"name": "protein", "kind": "protein", "paths": [str(GENOMES / "proteins.faa")]},
+        {
+            "name": "english",
+            "kind": "text",
+            "paths": [str(FIXTURES / "corpus" / "prose.txt")],
+            "weight": 0.05,  # the prose is tiny: a larger share would shrink the whole mix
+        },
+    ],
+}
+
+
+def _setup(root: Path, **pretrain: Any) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
+    return write_pipeline(root, pretrain={**PRETRAIN, **pretrain})
+
+
+def _llamagene(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llamagene", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=600,
+        check=False,
+    )
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "pretrain" / "logs" / "metrics.jsonl").read_text().splitlines()
+    return {rec["step"]: rec["loss"] for rec in map(json.loads, lines) if "loss" in rec}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of an uninterrupted one-process run (in a subprocess, like the runs it is
+    compared with: one CPU thread each, so float sums add up in the same order)."""
+    pipeline = _setup(tmp_path_factory.mktemp("reference"))
+    done = _llamagene("run", str(pipeline))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pipeline.parent / "run"
+
+
+def test_loss_falls_and_outputs_are_complete(reference: Path) -> None:
+    out = reference / "pretrain"
+    losses = _losses(reference)
+    assert sorted(losses) == [1, 2, 4, 6, 8, 10, 12]
+    assert losses[12] < losses[1] - 0.2, losses
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 12 and report["processes"] == 1
+    assert report["eval_loss"] < losses[1]
+    for name in (
+        "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+        "adapter/llamagene_adapter.json", "adapter/tokenizer.json",
+        "merged/model.safetensors", "merged/config.json", "merged/tokenizer.json",
+        "merged/tokenizer_config.json", "base_model/model.safetensors", "corpus_stats.json",
+    ):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not (out / "adapter" / "training_args.bin").exists()  # a pickle: never shipped
+    records = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any("tokens_per_s" in r for r in records)
+    assert any("eval_loss" in r for r in records)
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (reference / ".work" / "pretrain").exists()  # checkpoints go once it succeeds
+    statuses = load_pipeline(reference.parent / "pipeline.yaml").status()
+    assert [s.state for s in statuses] == ["up to date"] * 3
+
+
+def test_new_rows_train_and_frozen_weights_do_not(reference: Path) -> None:
+    base = load_file(str(reference / "pretrain" / "base_model" / "model.safetensors"))
+    merged = load_file(str(reference / "pretrain" / "merged" / "model.safetensors"))
+    meta = json.loads((reference / "pretrain" / "adapter" / "llamagene_adapter.json").read_text())
+    base_size, tok_size = meta["base_vocab_size"], meta["tokenizer_size"]
+    report = json.loads((reference / "pretrain" / "report.json").read_text())
+    corpus = open_corpus(reference / ".cache" / "corpus" / report["corpus_key"][:16])
+    in_corpus = torch.zeros(tok_size, dtype=torch.bool)
+    for block in corpus.dataset("train"):
+        in_corpus[block["input_ids"]] = True
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert torch.equal(merged[name][:base_size], base[name][:base_size]), name
+        assert torch.equal(merged[name][tok_size:], base[name][tok_size:]), name  # padding rows
+        changed = (merged[name][:tok_size] != base[name][:tok_size]).any(dim=1)
+        if name == "lm_head.weight":  # the softmax reaches every output row
+            assert changed[base_size:].all(), name
+        else:  # an input row learns only where its token occurs in the training blocks
+            assert changed[base_size:].sum() > 0.2 * (tok_size - base_size)
+            assert not (changed & ~in_corpus).any(), "a row of a token never seen changed"
+    for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight"):
+        assert torch.equal(merged[name], base[name]), name
+    # LoRA targets: the merged weight moved away from the frozen base weight
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])
+
+
+def test_export_loads_with_auto_classes_and_matches_the_adapter(reference: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = reference / "pretrain"
+    model = AutoModelForCausalLM.from_pretrained(str(out / "merged")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "merged"))
+    prompt = tokenizer(to_model_text("ATGAAACGCATTAGCACCACC", "dna"), return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**prompt, max_new_tokens=5, do_sample=False,
+                                   pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        merged_logits = model(**prompt).logits
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
+    base = AutoModelForCausalLM.from_pretrained(str(out / "base_model"))
+    adapter = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    with torch.no_grad():
+        adapter_logits = adapter(**prompt).logits
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_adapter(reference: Path, tmp_path: Path) -> None:
+    pipeline = _setup(tmp_path)
+    killed = _llamagene("run", str(pipeline), env={KILL_AFTER_SAVE_ENV: "8"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    checkpoints = list((tmp_path / "run" / ".work" / "pretrain").glob("*/checkpoints/checkpoint-8"))
+    assert checkpoints, "the run was not killed after its step-8 checkpoint"
+    assert not (tmp_path / "run" / "pretrain").exists()
+    status = _llamagene("status", str(pipeline))
+    assert "did not finish" in status.stdout
+
+    resumed = _llamagene("run", str(pipeline))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "pretrain" / "report.json").read_text())
+    assert report["resumed_from_step"] == 8
+    got = load_file(str(tmp_path / "run" / "pretrain" / "adapter" / "adapter_model.safetensors"))
+    want = load_file(str(reference / "pretrain" / "adapter" / "adapter_model.safetensors"))
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert _losses(tmp_path / "run") == _losses(reference)
+
+
+def _two_process_run(tmp_path: Path, zero_config: Path, **pretrain: Any) -> Path:
+    pipeline = _setup(tmp_path, **pretrain)
+    upstream = _llamagene("run", str(pipeline), "--only", "train_bpe", "--only", "merge_vocab")
+    assert upstream.returncode == 0, upstream.stderr[-3000:]
+    done = subprocess.run(
+        ["bash", str(LAUNCH), "--local", "--nproc", "2", str(pipeline), "pretrain",
+         f"pretrain.deepspeed={zero_config}"],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return tmp_path / "run"
+
+
+def test_two_processes_with_zero2_match_one_process(reference: Path, tmp_path: Path) -> None:
+    run_dir = _two_process_run(tmp_path, ZERO2)
+    report = json.loads((run_dir / "pretrain" / "report.json").read_text())
+    assert report["processes"] == 2 and report["deepspeed_zero_stage"] == 2
+    assert report["gradient_accumulation"] == 1
+    want, got = _losses(reference), _losses(run_dir)
+    assert got.keys() == want.keys()
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=MULTI_PROCESS_LOSS_TOLERANCE), step
+
+
+@pytest.mark.slow
+def test_two_processes_with_zero3_and_full_embedding_copies(tmp_path: Path) -> None:
+    run_dir = _two_process_run(tmp_path, ZERO3, embedding_training="modules_to_save")
+    report = json.loads((run_dir / "pretrain" / "report.json").read_text())
+    assert report["deepspeed_zero_stage"] == 3 and report["export"]["max_logit_diff"] < 1e-3
+    losses = _losses(run_dir)
+    assert losses[12] < losses[1] - 0.2
+
+
+def test_pretrain_config_errors_are_reported_together(tmp_path: Path) -> None:
+    bad_ds = tmp_path / "ds.json"
+    bad_ds.write_text("{not json")
+    pipeline = _setup(tmp_path, base_model=str(tmp_path / "nowhere"), deepspeed=str(bad_ds))
+    result = _llamagene("validate", str(pipeline))
+    assert result.returncode == 2
+    assert "exactly one of base_model and base_model_config" in result.stderr
+
+    pipeline = _setup(tmp_path, base_model_config=None, base_model=str(tmp_path))
+    (tmp_path / "recipe.yaml").write_text("sources: [{name: x, kind: dna, paths: [gone.fa]}]\n")
+    result = _llamagene("validate", str(pipeline), f"pretrain.deepspeed={bad_ds}")
+    assert result.returncode == 2
+    assert f"base_model: {tmp_path} is not a HF model folder" in result.stderr
+    assert "recipe.yaml" in result.stderr and "gone.fa does not exist" in result.stderr
+    assert "ds.json: not valid JSON" in result.stderr
+
+
+def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
+    pipeline = _setup(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 3})
+    result = _llamagene("run", str(pipeline))
+    assert result.returncode == 1
+    assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
