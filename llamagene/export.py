@@ -107,6 +107,7 @@ def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=8,
+            min_new_tokens=8,
             do_sample=False,
             pad_token_id=tokenizer.eos_token_id,
         )

@@ -91,7 +91,7 @@ class Pretrain:
     upstream: tuple[str, ...] = ("merge_vocab",)
 
     def inputs(self, cfg: PretrainConfig) -> dict[str, Path]:
-        from llamagene.corpus import load_recipe, recipe_inputs
+        from llamagene.data_recipe import load_recipe, recipe_inputs
 
         named: dict[str, Path] = {"data_recipe": cfg.data_recipe}
         if cfg.base_model is not None:
@@ -107,7 +107,7 @@ class Pretrain:
         return named
 
     def check(self, cfg: PretrainConfig) -> list[str]:
-        from llamagene.corpus import load_recipe
+        from llamagene.data_recipe import load_recipe
 
         problems = []
         if cfg.base_model is not None and not (cfg.base_model / "config.json").is_file():
@@ -126,7 +126,8 @@ class Pretrain:
         return problems
 
     def run(self, cfg: PretrainConfig, ctx: StageContext) -> None:
-        from llamagene.corpus import load_recipe, prepare_corpus
+        from llamagene.corpus import prepare_corpus
+        from llamagene.data_recipe import load_recipe
 
         tokenizer_dir = ctx.upstream("merge_vocab") / "tokenizer"
         recipe = load_recipe(cfg.data_recipe)

@@ -258,3 +258,18 @@ def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
     result = _llamagene("run", str(pipeline))
     assert result.returncode == 1
     assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
+
+
+def test_demo_pipeline_pretrains(tmp_path: Path) -> None:
+    """README's main job, cut to 2 optimizer steps: the demo recipe and model config work."""
+    from llamagene.cli import DEMO_PIPELINE
+
+    result = _llamagene(
+        "run", str(DEMO_PIPELINE), f"run_dir={tmp_path / 'demo'}",
+        "pretrain.training.max_steps=2", "pretrain.training.eval_every_steps=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "demo" / "pretrain" / "report.json").read_text())
+    assert report["steps"] == 2 and report["export"]["generated_tokens"] == 8
+    stats = json.loads((tmp_path / "demo" / "pretrain" / "corpus_stats.json").read_text())
+    assert stats["packing_efficiency"] >= 0.99
