@@ -158,11 +158,11 @@ def grow_embeddings(model: PreTrainedModel, tokenizer_dir: Path, init: Embedding
             f"the base model already has {old_rows} embedding rows (>= {tok_size}): it looks "
             f"resized already; give the original base model"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     new_ids = list(range(base_size, tok_size))
-    pieces = tokenizer.convert_ids_to_tokens(new_ids)
     parts: dict[int, list[int]] = {}
     if init == "compose":
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        pieces = tokenizer.convert_ids_to_tokens(new_ids)
         for token_id, piece in zip(new_ids, pieces, strict=True):
             ids = _base_ids(tokenizer, piece, base_size)
             if ids:

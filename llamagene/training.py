@@ -265,6 +265,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "total_parameters": total,
         "tokens_per_step": settings.global_batch_size * corpus.block_size,
         "train_seconds_this_run": round(seconds, 2),
+        "tokens_per_s": round(_mean_rate(trainer.state.log_history), 1),
+        "peak_rss_mb_rank0": _peak_rss_mb(),
+        "peak_gpu_memory_gb": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None
+        ),
     }
     final = work_dir / FINAL_DIR
     trainer.save_model(str(final))
@@ -352,6 +357,18 @@ def _trim_metrics(path: Path, step: int) -> None:
         if line.strip() and json.loads(line).get("step", 0) <= step
     ]  # fmt: skip
     write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+def _mean_rate(history: list[dict[str, Any]]) -> float:
+    """Mean tokens/s over the logged intervals (the first, with start-up, has no rate)."""
+    rates = [float(h["tokens_per_s"]) for h in history if "tokens_per_s" in h]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _zero_stage(config: dict[str, Any] | None) -> int | None:
