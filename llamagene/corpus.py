@@ -517,6 +517,16 @@ def _build(
         f"{100 * train['packing_efficiency']:.2f}% packed), valid {result['valid_blocks']} "
         f"blocks; {mb:.1f} MB in {seconds:.1f} s ({mb / max(seconds, 1e-9):.2f} MB/s)"
     )
+    for name, figures in stats.items():
+        available, used = figures["train_tokens_available"], figures["tokens_used"]
+        log.info(f"corpus: {name}: {used:,} of {available:,} training tokens used "
+                 f"(x{figures['repeat_factor']:.2f})")  # fmt: skip
+        if available and used < available / 2:
+            log.warning(
+                f"corpus: {name}: the mixing weights leave {1 - used / available:.0%} of its "
+                f"tokens unused (the smallest source relative to its weight sets the size); "
+                f"set total_tokens or change the weights to use more"
+            )
 
 
 def _mix(

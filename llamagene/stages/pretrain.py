@@ -188,6 +188,9 @@ class Pretrain:
 
 def _run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None) -> None:
     """Train in this process, or start workers under the launcher and wait for them."""
+    if (Path(spec.work_dir) / FINAL_DIR / "train_figures.json").is_file():
+        log.info("pretrain: training finished in an earlier run (%s); exporting", spec.work_dir)
+        return
     if launcher is None and spec.deepspeed_config is None:
         from llamagene.training import train
 

@@ -273,3 +273,33 @@ def test_demo_pipeline_pretrains(tmp_path: Path) -> None:
     assert report["steps"] == 2 and report["export"]["generated_tokens"] == 8
     stats = json.loads((tmp_path / "demo" / "pretrain" / "corpus_stats.json").read_text())
     assert stats["packing_efficiency"] >= 0.99
+
+
+def test_local_hf_base_model_folder(tmp_path: Path) -> None:
+    """A pretrained base given as a HF folder: loaded, grown, trained, merged into merged/."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000, tie_word_embeddings=False, **PRETRAIN["base_model_config"]
+    )
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path / "base"))
+    training = {**PRETRAIN["training"], "max_steps": 2, "eval_every_steps": 2}
+    pipeline = _setup(
+        tmp_path, base_model_config=None, base_model=str(tmp_path / "base"), training=training
+    )
+    result = _llamagene("run", str(pipeline))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "run" / "pretrain"
+    assert not (out / "base_model").exists()  # the user's base is not copied
+    info = json.loads((out / "adapter" / "llamagene_adapter.json").read_text())
+    assert info["base_model"] == str(tmp_path / "base") and info["rows"] % 64 == 0
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"))
+    assert merged.get_input_embeddings().weight.shape[0] == info["rows"]
+    status = _llamagene("status", str(pipeline))
+    assert "pretrain     up to date" in status.stdout
+    (tmp_path / "base" / "config.json").write_text(
+        (tmp_path / "base" / "config.json").read_text().replace("1e-06", "1e-05")
+    )
+    status = _llamagene("status", str(pipeline))
+    assert "input base_model changed" in status.stdout or "base_model" in status.stdout
