@@ -163,7 +163,10 @@ def build_model(spec: ModelSpec, work_dir: Path, dtype: torch.dtype | None) -> P
     if spec.base_model_dir is None and _is_rank_zero():
         tmp = saved.with_name(f".base_model.tmp-{os.getpid()}")
         model.save_pretrained(str(tmp))
-        os.replace(tmp, saved) if not saved.exists() else shutil.rmtree(tmp)
+        if saved.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, saved)
     return model
 
 
@@ -244,7 +247,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
         log.info("resuming from %s", resume)
-        _trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", _checkpoint_step(resume))
+        if _is_rank_zero():
+            _trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", _checkpoint_step(resume))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
