@@ -3,6 +3,7 @@
     llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [--launcher CMD] [key=value ...]
     llamagene status [PIPELINE.yaml] [key=value ...]
     llamagene validate [PIPELINE.yaml] [key=value ...]
+    llamagene templates {ls,show,new,lint,preview} ...   (prompt templates: llamagene.template_cli)
 
 Without a pipeline file, the built-in demo (``pipelines/demo/pipeline.yaml``) is used.
 ``key=value`` overrides a config value by its dotted path (``train_bpe.dna_vocab_size=8000``).
@@ -67,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("status", "list each stage as up to date, stale or failed, with the reasons")
     add("validate", "check every config value and input path without running anything")
+    templates = sub.add_parser(
+        "templates",
+        help="list, show, scaffold, lint and preview prompt templates (templates --help)",
+        add_help=False,
+        prefix_chars="\0",  # every argument after `templates` goes to llamagene.template_cli
+    )
+    templates.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -78,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.args = [*args.args, *extra]
+    if args.command == "templates":
+        from llamagene.template_cli import main as templates_main
+
+        return templates_main(args.args, debug=args.debug)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from llamagene.errors import LlamageneError
 

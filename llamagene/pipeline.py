@@ -48,6 +48,7 @@ from llamagene.manifest import (
     write_text_atomic,
 )
 from llamagene.stages import PLANNED_STAGES, WORK_DIR, Stage, StageContext, all_stages
+from llamagene.stages.build_sft import BuildSftConfig
 from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.pretrain import PretrainConfig
 from llamagene.stages.train_bpe import TrainBpeConfig
@@ -64,6 +65,7 @@ class StagesConfig(StrictModel):
     train_bpe: TrainBpeConfig | None = None
     merge_vocab: MergeVocabConfig | None = None
     pretrain: PretrainConfig | None = None
+    build_sft: BuildSftConfig | None = None
 
 
 class PipelineConfig(StrictModel):

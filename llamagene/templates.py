@@ -1,0 +1,1013 @@
+"""Prompt templates: YAML files of sandboxed Jinja that turn a task row into a prompt and an answer.
+
+Templates are data (promptsource / lm-evaluation-harness style). ``prompt_templates/<source>/
+<name>.yaml`` holds a list of templates; ``include:`` pulls ``defaults`` (keys every template of
+the file starts from) and ``vars`` (constant text a template may use) from ``_*.yaml`` files.
+One template renders both the training example and the evaluation prompt, so the two cannot
+drift: train on ``prompt`` then ``answer`` (encoded separately, so the loss mask is exact);
+evaluate by scoring each of ``choices`` as the continuation of ``prompt``. A prompt never ends
+mid-word, and ends with ``:`` or a newline where the answer is a sequence.
+
+Rendering runs in Jinja's immutable sandbox with strict undefined variables: a variable the row
+lacks, a Python internal (``{{ ''.__class__ }}``) or a letter that is not DNA / protein stops
+with a :class:`TemplateError` naming the file, the template id and the row. The filters ``dna``,
+``protein`` and ``seq(kind)`` write a sequence as ``<dna>ACGT</dna>`` / ``<protein>MK</protein>``
+(the markup :func:`llamagene.alphabets.encode_markup` maps into the merged tokenizer's own
+alphabets); templates never cut a sequence.
+
+Which templates serve a task (:func:`templates_for`): the templates naming its exact id, then
+the glob templates (``gue/EMP/*``) of its type whose variables the task has; the generic
+templates (``task: "*"``) of its type only when there is neither. Templates come back *bound* to
+the task, which adds the variables ``task_id``, ``task_description``, ``inputs`` (every input
+sequence, one per line: ``Sequence A: <protein>...</protein>``), ``target`` (the answer or label
+field; in markup if it is a sequence) and ``target_sequence`` (only where the answer is a
+sequence), and resolves ``answer_choices: from_task`` to the task's class meanings.
+
+:func:`lint` checks what can be checked without training (syntax, variables, choices against
+the task's classes, task types, metrics, the separator before sequence answers, versions
+against ``prompt_templates/templates.lock.json``); ``llamagene templates lint`` runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from llamagene.alphabets import LETTERS, SequenceKind, to_model_text
+from llamagene.config import load_yaml
+from llamagene.errors import ConfigError, LlamageneError
+from llamagene.tasks import ClassInfo, TaskInfo, TaskType
+
+PROMPT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "prompt_templates"
+LOCK_NAME = "templates.lock.json"
+LOCK_FORMAT = "llamagene-templates-lock"
+KNOWN_METRICS = frozenset({
+    "accuracy", "mcc", "f1", "f1_macro", "precision", "recall", "auroc", "spearman", "pearson",
+    "mse", "mae", "exact_match", "bleu", "rouge_l",
+})  # fmt: skip
+CLASSIFICATION: frozenset[TaskType] = frozenset({"binary", "multiclass", "multilabel"})
+FROM_TASK = "from_task"
+#: Variables of a bound template beyond the row's fields (see the module docstring).
+BOUND_VARIABLES = frozenset({"task_id", "task_description", "inputs", "target", "target_sequence"})
+SEQUENCE_FILTERS = frozenset({"dna", "protein", "seq"})
+#: ``seq(kind)`` accepts LucaOne's ``seq_type`` values as well as the kind names.
+SEQ_TYPES: dict[str, SequenceKind] = {
+    "dna": "dna", "gene": "dna", "nucleotide": "dna", "protein": "protein", "prot": "protein"
+}  # fmt: skip
+#: ``molecule`` filter: a ``seq_type`` in words (LucaOne's ``gene`` may be DNA or RNA).
+MOLECULES = {"dna": "nucleotide", "gene": "nucleotide", "nucleotide": "nucleotide",
+             "protein": "protein", "prot": "protein"}  # fmt: skip
+EXAMPLE_SEQUENCES: dict[SequenceKind, str] = {
+    "dna": "ACGTTAGCCATGGCTAGCTA", "protein": "MKTAYIAKQRQISFVKSHFS"
+}  # fmt: skip
+_ID = r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*"
+
+
+class TemplateError(LlamageneError):
+    """A template cannot be loaded or rendered; the message names the file and template id."""
+
+    def __init__(
+        self, reason: str, *, path: Path | str | None = None, template_id: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.path = path
+        self.template_id = template_id
+        where = f"{_show(path)}: " if path is not None else ""
+        where += f"template {template_id}: " if template_id else ""
+        super().__init__(where + reason)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One template, includes resolved. ``text_hash`` covers what the rendered text depends on."""
+
+    id: str
+    version: int
+    task: str
+    """A task id, a glob (``gue/EMP/*``) or ``*`` (generic: any task of ``task_type``)."""
+    task_type: TaskType
+    prompt: str
+    answer: str | None
+    """Jinja for the target of regression / token / generation templates."""
+    answer_choices: dict[str, str] | None
+    """label -> answer text, in label order (classification); None until bound if from_task."""
+    metrics: tuple[str, ...]
+    weight: float
+    path: Path
+    text_hash: str
+    choices_from_task: bool = False
+    vars: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    bound_task: TaskInfo | None = field(default=None, repr=False)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task_type in CLASSIFICATION
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(c in self.task for c in "*?[")
+
+    def matches(self, task_id: str) -> bool:
+        return self.task == task_id or (self.is_pattern and fnmatchcase(task_id, self.task))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered row: the prompt, its answer, and the answer choices in label order."""
+
+    prompt: str
+    answer: str
+    choices: list[str] | None
+    template_id: str
+    template_version: int
+
+
+@dataclass(frozen=True)
+class LintProblem:
+    """One problem; ``lock`` problems are the ones ``lint --update-lock`` fixes."""
+
+    path: str
+    template_id: str
+    message: str
+    lock: bool = False
+
+    def __str__(self) -> str:
+        if self.template_id:
+            return f"{self.path}: {self.template_id}: {self.message}"
+        return f"{self.path}: {self.message}"
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    """One template entry after ``defaults`` are applied."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=f"^{_ID}$")
+    version: StrictInt = Field(ge=1)
+    task: str = Field(min_length=1)
+    task_type: TaskType
+    prompt: str = Field(min_length=1)
+    answer: str | None = None
+    answer_choices: dict[str, str] | Literal["from_task"] | None = None
+    metrics: list[str] = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    vars: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+
+_FILE_KEYS = {"include", "defaults", "vars", "templates"}
+
+
+def load_templates(
+    root: Path = PROMPT_TEMPLATES_DIR, paths: Sequence[Path] | None = None
+) -> list[PromptTemplate]:
+    """Every template under ``root`` (or in ``paths``: files or folders), includes resolved.
+
+    Raises TemplateError listing every problem (a bad key, a duplicate id naming both files...).
+    """
+    templates, problems = collect_templates(root, paths)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise TemplateError(f"{len(problems)} {noun} in prompt templates:\n{lines}")
+    return templates
+
+
+def collect_templates(
+    root: Path = PROMPT_TEMPLATES_DIR, paths: Sequence[Path] | None = None
+) -> tuple[list[PromptTemplate], list[LintProblem]]:
+    """Like :func:`load_templates`, but returns the problems instead of raising."""
+    templates: list[PromptTemplate] = []
+    problems: list[LintProblem] = []
+    first: dict[str, PromptTemplate] = {}
+    for path in _template_files(root, paths, problems):
+        loaded, file_problems = _load_file(path)
+        problems += file_problems
+        for tpl in loaded:
+            if tpl.id in first:
+                other = _show(first[tpl.id].path)
+                problems.append(LintProblem(_show(path), tpl.id, f"duplicate id: also in {other}"))
+                continue
+            first[tpl.id] = tpl
+            templates.append(tpl)
+    return templates, problems
+
+
+def _template_files(
+    root: Path, paths: Sequence[Path] | None, problems: list[LintProblem]
+) -> list[Path]:
+    files: list[Path] = []
+    for path in [root] if paths is None else paths:
+        if path.is_dir():
+            found = [p for p in path.rglob("*.yaml") if not p.name.startswith("_")]
+            files += sorted(found, key=lambda p: p.relative_to(path).as_posix())
+        elif path.is_file() and path.name.startswith("_"):
+            problems.append(LintProblem(_show(path), "", "an include file: it holds no templates"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(LintProblem(_show(path), "", "no such file or folder"))
+    return files
+
+
+def _load_file(path: Path) -> tuple[list[PromptTemplate], list[LintProblem]]:
+    where = _show(path)
+    problems: list[str] = []
+    raw = _read_yaml(path, problems)
+    if raw is None:
+        return [], [LintProblem(where, "", p) for p in problems]
+    defaults, variables = _resolve_includes(path, raw, (path.resolve(),), problems)
+    entries = raw.get("templates")
+    if not isinstance(entries, list) or not entries:
+        problems.append("needs `templates:`, a list of templates")
+        entries = []
+    for key in ("id", "version"):
+        if key in defaults:
+            problems.append(f"defaults: `{key}` belongs to each template, not to defaults")
+    out = [LintProblem(where, "", p) for p in problems]
+    templates: list[PromptTemplate] = []
+    for i, entry in enumerate(entries):
+        tid = str(entry.get("id", f"templates[{i}]")) if isinstance(entry, dict) else ""
+        tid = tid or f"templates[{i}]"
+        entry_problems: list[str] = []
+        tpl = _build(path, defaults, variables, entry, entry_problems)
+        out += [LintProblem(where, tid, p) for p in entry_problems]
+        if tpl is not None and not entry_problems:
+            templates.append(tpl)
+    return templates, out
+
+
+def _read_yaml(path: Path, problems: list[str], prefix: str = "") -> dict[str, Any] | None:
+    """The file's mapping, or None with the problems (``prefix`` names an include) appended."""
+    try:
+        raw = load_yaml(path)  # duplicate keys are errors, with their line
+    except ConfigError as err:
+        problems += [prefix + p for p in err.problems]
+        return None
+    if not isinstance(raw, dict):
+        problems.append(prefix + "must be a YAML mapping (`templates:`, `include:`, ...)")
+        return None
+    unknown = sorted(set(raw) - _FILE_KEYS)
+    if unknown:
+        problems.append(f"{prefix}unknown top-level key(s) {unknown} (known: {sorted(_FILE_KEYS)})")
+    for key in ("defaults", "vars"):
+        if not isinstance(raw.get(key) or {}, dict):
+            problems.append(f"{prefix}`{key}` must be a mapping")
+            raw[key] = {}
+    return raw
+
+
+def _resolve_includes(
+    path: Path, raw: Mapping[str, Any], chain: tuple[Path, ...], problems: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``defaults`` and ``vars`` of ``raw``'s includes (in order, later wins), then its own."""
+    defaults: dict[str, Any] = {}
+    variables: dict[str, Any] = {}
+    names = raw.get("include") or []
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append("include: give a file name or a list of file names")
+        names = []
+    for name in names:
+        target = (path.parent / str(name)).resolve()
+        if not Path(str(name)).name.startswith("_"):
+            problems.append(f"include {name}: name include files _*.yaml (never loaded alone)")
+        elif target in chain:
+            cycle = " -> ".join(p.name for p in (*chain, target))
+            problems.append(f"include cycle: {cycle}")
+        elif not target.is_file():
+            problems.append(f"include {name}: no such file {_show(target)}")
+        else:
+            inc = _read_yaml(target, problems, prefix=f"include {name}: ")
+            if inc is None:
+                continue
+            if "templates" in inc:
+                problems.append(f"include {name}: include files hold defaults and vars only")
+            inc_defaults, inc_vars = _resolve_includes(target, inc, (*chain, target), problems)
+            defaults.update(inc_defaults)
+            variables.update(inc_vars)
+    defaults.update(raw.get("defaults") or {})
+    variables.update(raw.get("vars") or {})
+    return defaults, variables
+
+
+def _build(
+    path: Path,
+    defaults: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    entry: object,
+    problems: list[str],
+) -> PromptTemplate | None:
+    if not isinstance(entry, dict):
+        problems.append("each template must be a mapping")
+        return None
+    merged: dict[str, Any] = {**defaults, **entry}
+    merged["vars"] = {**variables, **(entry.get("vars") or {})}
+    choices = merged.get("answer_choices")
+    if isinstance(choices, dict):
+        for label, text in choices.items():
+            if isinstance(text, bool):
+                problems.append(
+                    f"answer_choices: {label}: YAML read {text} as a boolean: quote it "
+                    f'("yes", "no")'
+                )
+        merged["answer_choices"] = {str(k): v for k, v in choices.items()}
+    if problems:
+        return None
+    try:
+        spec = _Spec.model_validate(merged)
+    except ValidationError as err:
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"]) or "template"
+            problems.append(f"{loc}: {e['msg']}")
+        return None
+    if spec.task_type in CLASSIFICATION:
+        if spec.answer_choices is None:
+            problems.append("classification templates need answer_choices (or `from_task`)")
+        if spec.answer is not None:
+            problems.append("classification templates take answer_choices, not answer")
+    else:
+        if spec.answer is None:
+            problems.append(f"{spec.task_type} templates need `answer:` (Jinja for the target)")
+        if spec.answer_choices is not None:
+            problems.append(f"{spec.task_type} templates take answer, not answer_choices")
+    if problems:
+        return None
+    choices_map = None
+    if isinstance(spec.answer_choices, dict):
+        choices_map = dict(sorted(spec.answer_choices.items(), key=lambda kv: _label_sort(kv[0])))
+    return PromptTemplate(
+        id=spec.id,
+        version=spec.version,
+        task=spec.task,
+        task_type=spec.task_type,
+        prompt=spec.prompt,
+        answer=spec.answer,
+        answer_choices=choices_map,
+        metrics=tuple(spec.metrics),
+        weight=spec.weight,
+        path=path,
+        text_hash=_text_hash(spec),
+        choices_from_task=spec.answer_choices == FROM_TASK,
+        vars=spec.vars,
+        description=spec.description,
+    )
+
+
+def _label_sort(label: str) -> tuple[int, int, str]:
+    """Numeric labels in numeric order, others after them in the order written."""
+    return (0, int(label), "") if re.fullmatch(r"-?\d+", label) else (1, 0, "")
+
+
+def _text_hash(spec: _Spec) -> str:
+    """SHA-256 of what the rendered text depends on (not version, weight, metrics, notes)."""
+    try:
+        used = _variables(spec.prompt) | _variables(spec.answer or "")
+    except (jinja2.TemplateError, _Refused):
+        used = frozenset(spec.vars)
+    payload = {
+        "task": spec.task,
+        "task_type": spec.task_type,
+        "prompt": spec.prompt,
+        "answer": spec.answer,
+        "answer_choices": spec.answer_choices,
+        "vars": {k: spec.vars[k] for k in sorted(spec.vars) if k in used},
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --- Jinja --------------------------------------------------------------------------------------
+
+
+class SequenceLetterError(ValueError):
+    """A ``dna`` / ``protein`` filter met a letter outside the alphabet (or no sequence)."""
+
+
+class _Refused(Exception):
+    """A template reaches for Python internals (an attribute or key starting with ``_``)."""
+
+
+def _wrap(value: object, kind: SequenceKind) -> str:
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError naming the variable
+    if not isinstance(value, str):
+        raise SequenceLetterError(f"{kind} filter: expected a sequence, got {type(value).__name__}")
+    if not value:
+        raise SequenceLetterError(f"{kind} filter: the sequence is empty")
+    try:
+        to_model_text(value, kind)
+    except ValueError as err:
+        pos = next(i for i, c in enumerate(value) if c not in LETTERS[kind])
+        raise SequenceLetterError(f"{err}, at position {pos + 1} of {len(value)}") from None
+    return f"<{kind}>{value}</{kind}>"
+
+
+def _seq(value: object, kind: str) -> str:
+    if kind not in SEQ_TYPES:
+        raise SequenceLetterError(
+            f"seq filter: unknown sequence type {kind!r} ({sorted(SEQ_TYPES)})"
+        )
+    return _wrap(value, SEQ_TYPES[kind])
+
+
+def _molecule(kind: str) -> str:
+    if kind not in MOLECULES:
+        raise SequenceLetterError(f"molecule filter: unknown sequence type {kind!r}")
+    return MOLECULES[kind]
+
+
+def _join_or(items: Sequence[object]) -> str:
+    words = [str(x) for x in items]
+    return words[0] if len(words) < 2 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+)
+_ENV.filters.update(
+    dna=lambda v: _wrap(v, "dna"),
+    protein=lambda v: _wrap(v, "protein"),
+    seq=_seq,
+    molecule=_molecule,
+    join_or=_join_or,
+)
+for _name in ("lipsum", "cycler", "joiner"):
+    _ENV.globals.pop(_name, None)
+
+
+@lru_cache(maxsize=4096)
+def _parsed(source: str) -> nodes.Template:
+    ast = _ENV.parse(source)
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        name = ""
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value if isinstance(node.arg.value, str) else ""
+        elif isinstance(node, nodes.Filter) and node.name == "attr":
+            name = "|attr"
+        if name.startswith(("_", "|")):
+            raise _Refused(f"line {node.lineno}: {name!r} reaches into Python internals")
+    return ast
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> jinja2.Template:
+    _parsed(source)
+    return _ENV.from_string(source)
+
+
+@lru_cache(maxsize=4096)
+def _variables(source: str) -> frozenset[str]:
+    return frozenset(meta.find_undeclared_variables(_parsed(source)) - set(_ENV.globals))
+
+
+def template_variables(template: PromptTemplate) -> frozenset[str]:
+    """The variables the prompt and answer use (raises TemplateError on a syntax error)."""
+    _compile(template, "prompt", template.prompt)
+    _compile(template, "answer", template.answer or "")
+    return _variables(template.prompt) | _variables(template.answer or "")
+
+
+def _compile(template: PromptTemplate, part: str, source: str) -> jinja2.Template:
+    try:
+        return _compiled(source)
+    except jinja2.TemplateSyntaxError as err:
+        reason = f"{part} line {err.lineno}: Jinja syntax error: {err.message}"
+    except _Refused as err:
+        reason = f"{part} {err}: refused (templates may use row fields and filters only)"
+    raise TemplateError(reason, path=template.path, template_id=template.id)
+
+
+def _filtered_names(source: str) -> dict[str, set[str]]:
+    """variable -> the filters applied to it directly (``{{ x | dna }}`` -> {x: {dna}})."""
+    out: dict[str, set[str]] = {}
+    for node in _parsed(source).find_all(nodes.Filter):
+        if isinstance(node.node, nodes.Name):
+            out.setdefault(node.node.name, set()).add(node.name)
+    return out
+
+
+# --- choosing and rendering -------------------------------------------------------------------
+
+
+def templates_for(task: TaskInfo, templates: Sequence[PromptTemplate]) -> list[PromptTemplate]:
+    """The templates that serve ``task``, bound to it, in this order: those naming its id, then
+    the globs matching it; the generic ones (``task: "*"``) only when there is neither. A
+    template serves a task of its ``task_type`` that has every field it uses (a UniProt TSV
+    without organism names skips the templates that use ``organism``).
+
+    An exact-id template of another task type raises TemplateError.
+    """
+    exact = [t for t in templates if t.task == task.id]
+    for tpl in exact:
+        if tpl.task_type != task.task_type:
+            raise TemplateError(
+                f"task_type {tpl.task_type}, but task {task.id} is {task.task_type}",
+                path=tpl.path,
+                template_id=tpl.id,
+            )
+    globs = [t for t in templates if t.is_pattern and t.task != "*" and t.matches(task.id)]
+    chosen = [t for t in exact + globs if _applies(t, task)]
+    if not chosen:
+        generic = [t for t in templates if t.task == "*"]
+        chosen = [t for t in generic if _applies(t, task)]
+    return [bind(t, task) for t in chosen]
+
+
+def _applies(template: PromptTemplate, task: TaskInfo) -> bool:
+    if template.task_type != task.task_type or (template.choices_from_task and not task.classes):
+        return False
+    try:
+        used = template_variables(template)
+    except TemplateError:
+        return True  # let rendering report it
+    return used <= available_variables(template, task)
+
+
+def available_variables(template: PromptTemplate, task: TaskInfo) -> set[str]:
+    """Every variable ``template`` may use once bound to ``task``."""
+    names = set(task.fields) | set(template.vars) | (BOUND_VARIABLES - {"target_sequence"})
+    if template.is_classification:
+        names.add("answer_choices")
+    if task.answer_field is not None and task.answer_field in task.sequence_fields:
+        names.add("target_sequence")
+    return names
+
+
+def bind(template: PromptTemplate, task: TaskInfo) -> PromptTemplate:
+    """``template`` for ``task``: choices from its classes if ``from_task``, in its label order."""
+    choices = template.answer_choices
+    if template.choices_from_task:
+        if not task.classes:
+            raise TemplateError(
+                f"answer_choices: from_task, but task {task.id} has no classes",
+                path=template.path,
+                template_id=template.id,
+            )
+        choices = {c.label: c.meaning for c in task.classes}
+    elif choices is not None and task.classes:
+        order = {c.label: i for i, c in enumerate(task.classes)}
+        choices = dict(sorted(choices.items(), key=lambda kv: order.get(kv[0], len(order))))
+    return replace(template, answer_choices=choices, bound_task=task)
+
+
+def render(
+    template: PromptTemplate, fields: Mapping[str, Any], *, where: str | None = None
+) -> Rendered:
+    """Render one row. Classification: the answer is ``answer_choices[str(label)]``.
+
+    ``where`` names the row in errors (e.g. ``Example.where``); by default an id-like field.
+    """
+    row = where or _describe_row(fields)
+    choices = template.answer_choices
+    if template.choices_from_task and template.bound_task is None:
+        raise TemplateError(
+            "answer_choices: from_task needs the task: get templates from templates_for(task, ...)",
+            path=template.path,
+            template_id=template.id,
+        )
+    context: dict[str, Any] = {**template.vars, **fields}
+    if choices is not None:
+        context["answer_choices"] = list(choices.values())
+    used = template_variables(template)
+    if template.bound_task is not None:
+        context.update(_bound_context(template, template.bound_task, fields, used, row))
+    prompt = _render_part(template, "prompt", template.prompt, context, row)
+    if choices is not None:
+        answer = _class_answer(template, choices, fields, row)
+    else:
+        answer = _render_part(template, "answer", template.answer or "", context, row)
+    return Rendered(
+        prompt=prompt,
+        answer=answer,
+        choices=list(choices.values()) if choices is not None else None,
+        template_id=template.id,
+        template_version=template.version,
+    )
+
+
+def _bound_context(
+    template: PromptTemplate,
+    task: TaskInfo,
+    fields: Mapping[str, Any],
+    used: frozenset[str],
+    row: str,
+) -> dict[str, Any]:
+    def fail(reason: str) -> TemplateError:
+        return TemplateError(f"{row}: {reason}", path=template.path, template_id=template.id)
+
+    out: dict[str, Any] = {"task_id": task.id, "task_description": task.description}
+    target_field = task.answer_field or task.label_field
+    if "inputs" in used:
+        lines = []
+        for name, kind in task.sequence_fields.items():
+            if name == task.answer_field:
+                continue
+            if name not in fields:
+                raise fail(f"'{name}' is undefined (a sequence field of task {task.id})")
+            try:
+                lines.append(f"{field_title(name)}: {_wrap(fields[name], kind)}")
+            except SequenceLetterError as err:
+                raise fail(f"field {name}: {err}") from None
+        out["inputs"] = "\n".join(lines)
+    if {"target", "target_sequence"} & used:
+        if target_field not in fields:
+            raise fail(f"'{target_field}' is undefined (the target field of task {task.id})")
+        value = fields[target_field]
+        target_kind = task.sequence_fields.get(target_field)
+        if target_kind is not None:
+            try:
+                value = _wrap(value, target_kind)
+            except SequenceLetterError as err:
+                raise fail(f"field {target_field}: {err}") from None
+            out["target_sequence"] = value
+        out["target"] = value
+    return out
+
+
+def answer_fields(template: PromptTemplate) -> frozenset[str]:
+    """The row fields the answer is made from (never trim these to fit a length)."""
+    task = template.bound_task
+    if template.is_classification:
+        return frozenset({task.label_field if task else "label"})
+    used = _variables(template.answer or "") - set(template.vars)
+    if task is not None and used & {"target", "target_sequence"}:
+        used |= {task.answer_field or task.label_field}
+    return frozenset(used - BOUND_VARIABLES)
+
+
+def field_title(name: str) -> str:
+    """``sequence_a`` -> ``Sequence A``, ``dna`` -> ``DNA``: how ``inputs`` names a field."""
+    words = name.split("_")
+    words = [w.upper() if len(w) == 1 or w in ("dna", "rna") else w for w in words]
+    return " ".join(words)[:1].upper() + " ".join(words)[1:]
+
+
+def _render_part(
+    template: PromptTemplate, part: str, source: str, context: Mapping[str, Any], row: str
+) -> str:
+    compiled = _compile(template, part, source)
+    try:
+        return compiled.render(context)
+    except SecurityError as err:
+        reason = f"{part}: refused: {err} (templates may not reach Python internals)"
+    except jinja2.UndefinedError as err:
+        names = ", ".join(sorted(context))
+        reason = f"{part}: {err} in {row} (variables: {names})"
+    except SequenceLetterError as err:
+        reason = f"{part}: {row}: {err}"
+    except (jinja2.TemplateError, ValueError, TypeError, LookupError, ArithmeticError) as err:
+        reason = f"{part}: {type(err).__name__}: {err} in {row}"
+    raise TemplateError(reason, path=template.path, template_id=template.id)
+
+
+def _class_answer(
+    template: PromptTemplate, choices: Mapping[str, str], fields: Mapping[str, Any], row: str
+) -> str:
+    label_field = template.bound_task.label_field if template.bound_task else "label"
+    if label_field not in fields:
+        raise TemplateError(
+            f"{row}: no {label_field!r} field", path=template.path, template_id=template.id
+        )
+    raw = fields[label_field]
+    labels = _multilabels(raw) if template.task_type == "multilabel" else [label_key(raw)]
+    missing = [label for label in labels if label not in choices]
+    if missing:
+        shown = ", ".join(f"{k}: {v}" for k, v in choices.items())
+        raise TemplateError(
+            f"{row}: label {', '.join(missing)} has no answer choice (choices: {shown})",
+            path=template.path,
+            template_id=template.id,
+        )
+    if template.task_type == "multilabel":
+        return ", ".join(text for label, text in choices.items() if label in labels) or "none"
+    return choices[labels[0]]
+
+
+def label_key(value: object) -> str:
+    """A label as the key of ``answer_choices``: ``1``, ``1.0`` and ``"1"`` are all ``"1"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _multilabels(value: object) -> list[str]:
+    """A multilabel row's labels: a list, or a string like ``"0;3"`` / ``"0,3"`` / ``"0 3"``."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return [label_key(v) for v in value]
+    return [x for x in re.split(r"[,;|\s]+", str(value).strip()) if x]
+
+
+def _describe_row(fields: Mapping[str, Any]) -> str:
+    for key in ("seq_id", "accession", "id", "seq_id_a", "name"):
+        if key in fields:
+            return f"row {key}={fields[key]!r}"
+    return f"row with fields ({', '.join(fields)})"
+
+
+# --- placeholders (show, lint without data) ----------------------------------------------------
+
+
+def placeholder_task(template: PromptTemplate) -> TaskInfo:
+    """A made-up task with exactly the fields ``template`` uses, for rendering an example."""
+    used = template_variables(template) - set(template.vars) - {"answer_choices"}
+    filters: dict[str, set[str]] = {}
+    for source in (template.prompt, template.answer or ""):
+        for name, names in _filtered_names(source).items():
+            filters.setdefault(name, set()).update(names)
+    sequence_fields: dict[str, SequenceKind] = {
+        name: "protein" if "protein" in f else "dna"
+        for name, f in filters.items()
+        if f & SEQUENCE_FILTERS and name in used
+    }
+    if "inputs" in used and not sequence_fields:
+        sequence_fields["sequence"] = "dna"
+    answer_field: str | None = None
+    if "target_sequence" in used:
+        answer_field = "target_seq"
+        sequence_fields[answer_field] = "protein"
+    elif template.task_type == "generation":
+        answer_vars = sorted(_variables(template.answer or "") - set(template.vars))
+        answer_field = answer_vars[0] if len(answer_vars) == 1 else "answer"
+    fields = {*(used - BOUND_VARIABLES), *sequence_fields, "label"}
+    if answer_field is not None:
+        fields.add(answer_field)
+    classes: tuple[ClassInfo, ...] = ()
+    if template.answer_choices is not None:
+        classes = tuple(ClassInfo(k, v) for k, v in template.answer_choices.items())
+    elif template.choices_from_task:
+        meanings = ["first class", "second class", "third class"]
+        count = 2 if template.task_type == "binary" else 3
+        classes = tuple(ClassInfo(str(i), meanings[i]) for i in range(count))
+    task_id = template.task.replace("*", "example") if template.is_pattern else template.task
+    return TaskInfo(
+        id=task_id,
+        task_type=template.task_type,
+        description=f"An example {template.task_type} task (placeholder values).",
+        fields=tuple(sorted(fields)),
+        sequence_fields=sequence_fields,
+        metric=template.metrics[0],
+        classes=classes,
+        answer_field=answer_field,
+    )
+
+
+def placeholder_row(task: TaskInfo) -> dict[str, Any]:
+    """A row of made-up but valid values for every field of ``task``."""
+    row: dict[str, Any] = {}
+    for name in task.fields:
+        kind = task.sequence_fields.get(name)
+        if kind is not None:
+            row[name] = EXAMPLE_SEQUENCES[kind]
+        elif name == task.answer_field:
+            row[name] = "An example answer."
+        elif name == task.label_field:
+            default: Any = {"regression": 0.75, "token": "0011100"}.get(task.task_type, "0")
+            row[name] = task.classes[0].label if task.classes else default
+        elif name.startswith("seq_type"):
+            suffix = name[len("seq_type") :]
+            kinds = [k for n, k in task.sequence_fields.items() if n.endswith(suffix)]
+            row[name] = "prot" if kinds[:1] == ["protein"] else "gene"
+        else:
+            row[name] = f"example {name.replace('_', ' ')}"
+    return row
+
+
+# --- lint -----------------------------------------------------------------------------------
+
+
+def lint(
+    templates: Sequence[PromptTemplate],
+    tasks: Sequence[TaskInfo] = (),
+    sample_rows: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    previous: Mapping[str, tuple[int, str]] | None = None,
+) -> list[LintProblem]:
+    """Every problem found in ``templates``, checked against ``tasks`` and ``sample_rows``
+    (task id -> rows; placeholder rows where none) and the lock (``previous``: id -> (version,
+    text_hash)); an exact-id template of an unknown task is checked against a placeholder."""
+    problems: list[LintProblem] = []
+    seen: dict[str, PromptTemplate] = {}
+    sources = {t.id.split("/")[0] for t in tasks}
+    by_id = {t.id: t for t in tasks}
+    for tpl in templates:
+        where = _show(tpl.path)
+        if tpl.id in seen:
+            other = _show(seen[tpl.id].path)
+            problems.append(LintProblem(where, tpl.id, f"duplicate id: also in {other}"))
+        seen.setdefault(tpl.id, tpl)
+        syntax = _syntax_problems(tpl)
+        problems += [LintProblem(where, tpl.id, p) for p in [*syntax, *_lint_alone(tpl)]]
+        if syntax:
+            continue
+        targets = [t for t in tasks if tpl.matches(t.id)]
+        if not tpl.is_pattern and tpl.task not in by_id and tpl.task.split("/")[0] in sources:
+            problems.append(LintProblem(where, tpl.id, f"task {tpl.task} is not a known task"))
+            continue
+        if tpl.is_pattern:
+            matching = [t for t in targets if t.task_type == tpl.task_type]
+            targets = [t for t in matching if _applies(tpl, t)]
+            if matching and not targets and tpl.task != "*":
+                message = f"matches {len(matching)} {tpl.task_type} task(s) (e.g. {matching[0].id})"
+                message += " but none has every field it uses"
+                problems.append(LintProblem(where, tpl.id, message))
+                continue
+        if not targets:
+            targets = [placeholder_task(tpl)]
+        for task in targets:
+            rows = (sample_rows or {}).get(task.id) or [placeholder_row(task)]
+            problems += [LintProblem(where, tpl.id, p) for p in _lint_with(tpl, task, rows)]
+    if previous is not None:
+        problems += lock_problems(templates, previous)
+    return problems
+
+
+def _syntax_problems(tpl: PromptTemplate) -> list[str]:
+    problems = []
+    for part, source in (("prompt", tpl.prompt), ("answer", tpl.answer or "")):
+        try:
+            _compile(tpl, part, source)
+        except TemplateError as err:
+            problems.append(err.reason)
+    return problems
+
+
+def _lint_alone(tpl: PromptTemplate) -> Iterator[str]:
+    for metric in tpl.metrics:
+        if metric not in KNOWN_METRICS:
+            yield f"unknown metric {metric!r} (known: {', '.join(sorted(KNOWN_METRICS))})"
+    shadowed = set(tpl.vars) & (BOUND_VARIABLES | {"answer_choices"})
+    if shadowed:
+        yield f"vars {sorted(shadowed)} shadow built-in variables"
+    texts: dict[str, str] = {}
+    for label, text in (tpl.answer_choices or {}).items():
+        if not text.strip():
+            yield f"answer choice for label {label} is empty"
+        elif text != text.strip():
+            yield f"answer choice {text!r} has spaces around it"
+        if text in texts:
+            yield f"labels {texts[text]} and {label} share the answer {text!r}"
+        texts.setdefault(text, label)
+    if "TODO" in tpl.prompt + (tpl.answer or "") + "".join(texts):
+        yield "still has a TODO from the scaffold: write the text"
+
+
+def _lint_with(tpl: PromptTemplate, task: TaskInfo, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if tpl.task_type != task.task_type:
+        return [f"task_type {tpl.task_type}, but task {task.id} is {task.task_type}"]
+    problems: list[str] = []
+    used = template_variables(tpl)
+    missing = sorted(used - available_variables(tpl, task))
+    if missing:
+        fields = ", ".join(task.fields)
+        return [f"uses {', '.join(missing)}, which task {task.id} lacks (fields: {fields})"]
+    if tpl.choices_from_task and not task.classes:
+        return [f"answer_choices: from_task, but task {task.id} has no classes"]
+    if tpl.answer_choices is not None and task.classes:
+        labels = task.class_labels()
+        lacking = [
+            f"{c.label} ({c.meaning})" for c in task.classes if c.label not in tpl.answer_choices
+        ]
+        if lacking:
+            problems.append(f"no answer choice for class label(s) {', '.join(lacking)}")
+        extra = [k for k in tpl.answer_choices if k not in labels]
+        if extra:
+            problems.append(
+                f"answer choice(s) for label(s) {', '.join(extra)}, which task {task.id} lacks "
+                f"(labels: {', '.join(labels)})"
+            )
+    for source in (tpl.prompt, tpl.answer or ""):
+        for name, filters in _filtered_names(source).items():
+            if name in task.sequence_fields and filters & {"truncate", "wordwrap", "center"}:
+                problems.append(f"cuts or reflows sequence field {name}: never cut a sequence")
+    for node in _parsed(tpl.prompt + "\n" + (tpl.answer or "")).find_all(nodes.Getitem):
+        name = node.node.name if isinstance(node.node, nodes.Name) else ""
+        if isinstance(node.arg, nodes.Slice) and name in task.sequence_fields:
+            problems.append(f"slices sequence field {name}: never cut a sequence")
+    bound = bind(tpl, task)
+    rendered: list[Rendered] = []
+    for row in rows:
+        try:
+            rendered.append(render(bound, row))
+        except TemplateError as err:
+            problems.append(err.reason)
+            break
+    if rendered:
+        first = rendered[0]
+        end = first.prompt.rstrip(" \t")
+        if _sequence_answer(tpl, task) and not end.endswith(("\n", ":")):
+            problems.append(
+                "the answer is a sequence: end the prompt with ':' or a newline, a separator "
+                "that keeps the prompt's last word out of the sequence's first tokens"
+            )
+        elif first.prompt[-1:].isalnum():
+            problems.append(
+                f"the prompt ends mid-word ({first.prompt.splitlines()[-1][-20:]!r}): end it with "
+                "a separator "
+                "such as 'Answer:' so the answer starts a new word"
+            )
+    return problems
+
+
+def _sequence_answer(tpl: PromptTemplate, task: TaskInfo) -> bool:
+    """Whether the answer renders from a sequence (generation / token templates)."""
+    if tpl.answer is None:
+        return False
+    used = _variables(tpl.answer)
+    if used & set(task.sequence_fields) or "target_sequence" in used:
+        return True
+    if "target" in used and task.answer_field in task.sequence_fields:
+        return True
+    return any(f & SEQUENCE_FILTERS for f in _filtered_names(tpl.answer).values())
+
+
+# --- the lock file ------------------------------------------------------------------------------
+
+
+def lock_problems(
+    templates: Sequence[PromptTemplate], previous: Mapping[str, tuple[int, str]]
+) -> list[LintProblem]:
+    """Changed text without a version bump; templates missing from, or stale in, the lock."""
+    problems: list[LintProblem] = []
+    fix = "run `llamagene templates lint --update-lock`"
+    for tpl in templates:
+        where = _show(tpl.path)
+        if tpl.id not in previous:
+            problems.append(LintProblem(where, tpl.id, f"not in {LOCK_NAME}: {fix}", lock=True))
+            continue
+        version, text_hash = previous[tpl.id]
+        if text_hash != tpl.text_hash and tpl.version <= version:
+            problems.append(
+                LintProblem(
+                    where,
+                    tpl.id,
+                    f"text changed but version not bumped ({LOCK_NAME} has version {version} "
+                    f"with another text): set version: {version + 1}",
+                )
+            )
+        elif tpl.version < version:
+            problems.append(LintProblem(where, tpl.id, f"version went down from {version}"))
+        elif (tpl.version, tpl.text_hash) != (version, text_hash):
+            message = f"{LOCK_NAME} has version {version}: {fix}"
+            problems.append(LintProblem(where, tpl.id, message, lock=True))
+    ids = {t.id for t in templates}
+    for gone in sorted(set(previous) - ids):
+        message = f"in {LOCK_NAME} but no template has this id: {fix}"
+        problems.append(LintProblem(LOCK_NAME, gone, message, lock=True))
+    return problems
+
+
+def read_lock(path: Path) -> dict[str, tuple[int, str]]:
+    """id -> (version, text_hash) from a lock file; {} if there is none."""
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("format") != LOCK_FORMAT:
+            raise ValueError(f"format is not {LOCK_FORMAT!r}")
+        return {k: (int(v["version"]), str(v["sha256"])) for k, v in raw["templates"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise TemplateError(f"not a template lock file ({err}): rewrite it with --update-lock",
+                            path=path) from None  # fmt: skip
+
+
+def lock_text(templates: Sequence[PromptTemplate]) -> str:
+    """The lock file for ``templates``: sorted, so an unchanged set gives identical bytes."""
+    entries = {t.id: {"version": t.version, "sha256": t.text_hash} for t in templates}
+    body = {"format": LOCK_FORMAT, "templates": dict(sorted(entries.items()))}
+    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_lock(path: Path, templates: Sequence[PromptTemplate]) -> None:
+    from llamagene.manifest import write_text_atomic
+
+    write_text_atomic(path, lock_text(templates))
+
+
+def _show(path: Path | str | None) -> str:
+    """A path relative to the working directory where it lies below it."""
+    if path is None:
+        return ""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(p)
