@@ -23,6 +23,7 @@ vocabulary is untouched. Consequences, all tested:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 SequenceKind = Literal["dna", "protein"]
@@ -88,3 +89,26 @@ def encode_markup(text: str) -> str:
         return f"<{kind}>{inner}</{kind}>"
 
     return _MARKUP.sub(_map, text)
+
+
+@dataclass(frozen=True)
+class MarkupParts:
+    """A text cut at its sequence spans: ``texts[0] seq[0] texts[1] seq[1] ... texts[-1]``; the
+    tags stay in the texts (``"Is <dna>"``, ``"</dna> a promoter?"``)."""
+
+    texts: list[str]
+    sequences: list[tuple[SequenceKind, str]]
+
+
+def split_markup(text: str) -> MarkupParts:
+    """Cut ``text`` at the inside of its ``<dna>``/``<protein>`` spans (letters kept as given)."""
+    texts: list[str] = []
+    sequences: list[tuple[SequenceKind, str]] = []
+    pos = 0
+    for match in _MARKUP.finditer(text):
+        texts.append(text[pos : match.start(2)])
+        kind: SequenceKind = "dna" if match.group(1) == "dna" else "protein"
+        sequences.append((kind, match.group(2)))
+        pos = match.end(2)
+    texts.append(text[pos:])
+    return MarkupParts(texts, sequences)

@@ -412,11 +412,12 @@ def _wrap(value: object, kind: SequenceKind) -> str:
         raise SequenceLetterError(f"{kind} filter: expected a sequence, got {type(value).__name__}")
     if not value:
         raise SequenceLetterError(f"{kind} filter: the sequence is empty")
-    try:
-        to_model_text(value, kind)
-    except ValueError as err:
-        pos = next(i for i, c in enumerate(value) if c not in LETTERS[kind])
-        raise SequenceLetterError(f"{err}, at position {pos + 1} of {len(value)}") from None
+    if value.strip(LETTERS[kind]):  # some letter is outside the alphabet (strip is C-fast)
+        try:
+            to_model_text(value, kind)
+        except ValueError as err:
+            pos = next(i for i, c in enumerate(value) if c not in LETTERS[kind])
+            raise SequenceLetterError(f"{err}, at position {pos + 1} of {len(value)}") from None
     return f"<{kind}>{value}</{kind}>"
 
 
