@@ -152,3 +152,22 @@ def test_a_label_outside_the_choices_names_the_row(workspace: Path, tmp_path: Pa
         )
     message = str(caught.value)
     assert "promoter/train.csv:3" in message and "label 1 has no answer choice" in message
+
+
+def test_counting_by_parts_equals_whole_text_counting(merged_tokenizer_dir: Path) -> None:
+    from llamagene.stages.build_sft import LengthChecker
+
+    checker = LengthChecker(merged_tokenizer_dir, 512)
+    texts = [
+        "Is <dna>ACGTTGCAAGGCTTAACG</dna> a promoter?\nAnswer:",
+        "<dna>ACGT</dna> and <protein>MKVLAAGIWQ</protein> interact? ",
+        "Sequence:<dna>GGGCCCAAATTT</dna>\n Answer with yes or no:",
+        "<protein>MSTNPKPQRKTKRNTNRRPQDVKFPGG</protein>",
+        "plain English only, no sequence at all.",
+        "Two:<dna>AC</dna><dna>GT</dna>  double  spaces ",
+    ]
+    pairs = [(t, "yes") for t in texts] + [("Translate:", "<protein>MKV</protein>")]
+    by_parts = checker.count(pairs)
+    whole = checker._whole([t for pair in pairs for t in pair])
+    assert by_parts == [whole[2 * i] + whole[2 * i + 1] + 2 for i in range(len(pairs))]
+    assert checker.by_parts  # the self-check agreed

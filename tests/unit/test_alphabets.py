@@ -37,3 +37,12 @@ def test_markup_round_trip() -> None:
     assert from_model_text(mapped) == text
     with pytest.raises(ValueError, match="in <dna> span at offset 0: 'B' is not a dna letter"):
         encode_markup("<dna>ACB</dna>")
+
+
+def test_split_markup_cuts_at_the_inside_of_spans() -> None:
+    from llamagene.alphabets import split_markup
+
+    parts = split_markup("Is <dna>ACGT</dna> like <protein>MKV</protein>?")
+    assert parts.texts == ["Is <dna>", "</dna> like <protein>", "</protein>?"]
+    assert parts.sequences == [("dna", "ACGT"), ("protein", "MKV")]
+    assert split_markup("no spans").texts == ["no spans"]
