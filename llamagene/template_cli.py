@@ -28,19 +28,21 @@ import yaml
 
 from llamagene.errors import LlamageneError
 from llamagene.tasks import SPLITS, TASK_TYPES, TaskInfo
-from llamagene.templates import (
+from llamagene.template_lint import (
     LOCK_NAME,
+    lint,
+    lock_text,
+    placeholder_row,
+    placeholder_task,
+    read_lock,
+)
+from llamagene.templates import (
     PROMPT_TEMPLATES_DIR,
     PromptTemplate,
     TemplateError,
     bind,
     collect_templates,
-    lint,
     load_templates,
-    lock_text,
-    placeholder_row,
-    placeholder_task,
-    read_lock,
     render,
     templates_for,
 )
@@ -257,7 +259,7 @@ def _lint(args: argparse.Namespace) -> int:
         previous = {k: v for k, v in previous.items() if k in ids}
     problems += lint(templates, known_tasks(), previous=previous)
     if args.update_lock and not [p for p in problems if not p.lock]:
-        from llamagene.templates import write_lock
+        from llamagene.template_lint import write_lock
 
         text = lock_text(templates)
         if not lock_path.exists() or lock_path.read_text(encoding="utf-8") != text:

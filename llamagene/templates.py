@@ -23,9 +23,9 @@ sequence, one per line: ``Sequence A: <protein>...</protein>``), ``target`` (the
 field; in markup if it is a sequence) and ``target_sequence`` (only where the answer is a
 sequence), and resolves ``answer_choices: from_task`` to the task's class meanings.
 
-:func:`lint` checks what can be checked without training (syntax, variables, choices against
-the task's classes, task types, metrics, the separator before sequence answers, versions
-against ``prompt_templates/templates.lock.json``); ``llamagene templates lint`` runs it.
+:mod:`llamagene.template_lint` checks what can be checked without training (syntax, variables,
+choices against the task's classes, task types, metrics, the separator before sequence answers,
+versions against ``prompt_templates/templates.lock.json``); ``llamagene templates lint`` runs it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -49,20 +49,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from llamagene.alphabets import LETTERS, SequenceKind, to_model_text
 from llamagene.config import load_yaml
 from llamagene.errors import ConfigError, LlamageneError
-from llamagene.tasks import ClassInfo, TaskInfo, TaskType
+from llamagene.tasks import TaskInfo, TaskType
 
 PROMPT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "prompt_templates"
-LOCK_NAME = "templates.lock.json"
-LOCK_FORMAT = "llamagene-templates-lock"
-KNOWN_METRICS = frozenset({
-    "accuracy", "mcc", "f1", "f1_macro", "precision", "recall", "auroc", "spearman", "pearson",
-    "mse", "mae", "exact_match", "bleu", "rouge_l",
-})  # fmt: skip
 CLASSIFICATION: frozenset[TaskType] = frozenset({"binary", "multiclass", "multilabel"})
 FROM_TASK = "from_task"
 #: Variables of a bound template beyond the row's fields (see the module docstring).
 BOUND_VARIABLES = frozenset({"task_id", "task_description", "inputs", "target", "target_sequence"})
-SEQUENCE_FILTERS = frozenset({"dna", "protein", "seq"})
 #: ``seq(kind)`` accepts LucaOne's ``seq_type`` values as well as the kind names.
 SEQ_TYPES: dict[str, SequenceKind] = {
     "dna": "dna", "gene": "dna", "nucleotide": "dna", "protein": "protein", "prot": "protein"
@@ -70,9 +63,6 @@ SEQ_TYPES: dict[str, SequenceKind] = {
 #: ``molecule`` filter: a ``seq_type`` in words (LucaOne's ``gene`` may be DNA or RNA).
 MOLECULES = {"dna": "nucleotide", "gene": "nucleotide", "nucleotide": "nucleotide",
              "protein": "protein", "prot": "protein"}  # fmt: skip
-EXAMPLE_SEQUENCES: dict[SequenceKind, str] = {
-    "dna": "ACGTTAGCCATGGCTAGCTA", "protein": "MKTAYIAKQRQISFVKSHFS"
-}  # fmt: skip
 _ID = r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*"
 
 
@@ -85,7 +75,7 @@ class TemplateError(LlamageneError):
         self.reason = reason
         self.path = path
         self.template_id = template_id
-        where = f"{_show(path)}: " if path is not None else ""
+        where = f"{show_path(path)}: " if path is not None else ""
         where += f"template {template_id}: " if template_id else ""
         super().__init__(where + reason)
 
@@ -202,8 +192,10 @@ def collect_templates(
         problems += file_problems
         for tpl in loaded:
             if tpl.id in first:
-                other = _show(first[tpl.id].path)
-                problems.append(LintProblem(_show(path), tpl.id, f"duplicate id: also in {other}"))
+                other = show_path(first[tpl.id].path)
+                problems.append(
+                    LintProblem(show_path(path), tpl.id, f"duplicate id: also in {other}")
+                )
                 continue
             first[tpl.id] = tpl
             templates.append(tpl)
@@ -219,16 +211,18 @@ def _template_files(
             found = [p for p in path.rglob("*.yaml") if not p.name.startswith("_")]
             files += sorted(found, key=lambda p: p.relative_to(path).as_posix())
         elif path.is_file() and path.name.startswith("_"):
-            problems.append(LintProblem(_show(path), "", "an include file: it holds no templates"))
+            problems.append(
+                LintProblem(show_path(path), "", "an include file: it holds no templates")
+            )
         elif path.is_file():
             files.append(path)
         else:
-            problems.append(LintProblem(_show(path), "", "no such file or folder"))
+            problems.append(LintProblem(show_path(path), "", "no such file or folder"))
     return files
 
 
 def _load_file(path: Path) -> tuple[list[PromptTemplate], list[LintProblem]]:
-    where = _show(path)
+    where = show_path(path)
     problems: list[str] = []
     raw = _read_yaml(path, problems)
     if raw is None:
@@ -293,7 +287,7 @@ def _resolve_includes(
             cycle = " -> ".join(p.name for p in (*chain, target))
             problems.append(f"include cycle: {cycle}")
         elif not target.is_file():
-            problems.append(f"include {name}: no such file {_show(target)}")
+            problems.append(f"include {name}: no such file {show_path(target)}")
         else:
             inc = _read_yaml(target, problems, prefix=f"include {name}: ")
             if inc is None:
@@ -379,7 +373,7 @@ def _label_sort(label: str) -> tuple[int, int, str]:
 def _text_hash(spec: _Spec) -> str:
     """SHA-256 of what the rendered text depends on (not version, weight, metrics, notes)."""
     try:
-        used = _variables(spec.prompt) | _variables(spec.answer or "")
+        used = source_variables(spec.prompt) | source_variables(spec.answer or "")
     except (jinja2.TemplateError, _Refused):
         used = frozenset(spec.vars)
     payload = {
@@ -455,7 +449,7 @@ for _name in ("lipsum", "cycler", "joiner"):
 
 
 @lru_cache(maxsize=4096)
-def _parsed(source: str) -> nodes.Template:
+def parsed_source(source: str) -> nodes.Template:
     ast = _ENV.parse(source)
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         name = ""
@@ -472,23 +466,23 @@ def _parsed(source: str) -> nodes.Template:
 
 @lru_cache(maxsize=4096)
 def _compiled(source: str) -> jinja2.Template:
-    _parsed(source)
+    parsed_source(source)
     return _ENV.from_string(source)
 
 
 @lru_cache(maxsize=4096)
-def _variables(source: str) -> frozenset[str]:
-    return frozenset(meta.find_undeclared_variables(_parsed(source)) - set(_ENV.globals))
+def source_variables(source: str) -> frozenset[str]:
+    return frozenset(meta.find_undeclared_variables(parsed_source(source)) - set(_ENV.globals))
 
 
 def template_variables(template: PromptTemplate) -> frozenset[str]:
     """The variables the prompt and answer use (raises TemplateError on a syntax error)."""
-    _compile(template, "prompt", template.prompt)
-    _compile(template, "answer", template.answer or "")
-    return _variables(template.prompt) | _variables(template.answer or "")
+    compile_part(template, "prompt", template.prompt)
+    compile_part(template, "answer", template.answer or "")
+    return source_variables(template.prompt) | source_variables(template.answer or "")
 
 
-def _compile(template: PromptTemplate, part: str, source: str) -> jinja2.Template:
+def compile_part(template: PromptTemplate, part: str, source: str) -> jinja2.Template:
     try:
         return _compiled(source)
     except jinja2.TemplateSyntaxError as err:
@@ -498,10 +492,10 @@ def _compile(template: PromptTemplate, part: str, source: str) -> jinja2.Templat
     raise TemplateError(reason, path=template.path, template_id=template.id)
 
 
-def _filtered_names(source: str) -> dict[str, set[str]]:
+def filtered_names(source: str) -> dict[str, set[str]]:
     """variable -> the filters applied to it directly (``{{ x | dna }}`` -> {x: {dna}})."""
     out: dict[str, set[str]] = {}
-    for node in _parsed(source).find_all(nodes.Filter):
+    for node in parsed_source(source).find_all(nodes.Filter):
         if isinstance(node.node, nodes.Name):
             out.setdefault(node.node.name, set()).add(node.name)
     return out
@@ -527,14 +521,14 @@ def templates_for(task: TaskInfo, templates: Sequence[PromptTemplate]) -> list[P
                 template_id=tpl.id,
             )
     globs = [t for t in templates if t.is_pattern and t.task != "*" and t.matches(task.id)]
-    chosen = [t for t in exact + globs if _applies(t, task)]
+    chosen = [t for t in exact + globs if applies(t, task)]
     if not chosen:
         generic = [t for t in templates if t.task == "*"]
-        chosen = [t for t in generic if _applies(t, task)]
+        chosen = [t for t in generic if applies(t, task)]
     return [bind(t, task) for t in chosen]
 
 
-def _applies(template: PromptTemplate, task: TaskInfo) -> bool:
+def applies(template: PromptTemplate, task: TaskInfo) -> bool:
     if template.task_type != task.task_type or (template.choices_from_task and not task.classes):
         return False
     try:
@@ -650,7 +644,7 @@ def answer_fields(template: PromptTemplate) -> frozenset[str]:
     task = template.bound_task
     if template.is_classification:
         return frozenset({task.label_field if task else "label"})
-    used = _variables(template.answer or "") - set(template.vars)
+    used = source_variables(template.answer or "") - set(template.vars)
     if task is not None and used & {"target", "target_sequence"}:
         used |= {task.answer_field or task.label_field}
     return frozenset(used - BOUND_VARIABLES)
@@ -666,7 +660,7 @@ def field_title(name: str) -> str:
 def _render_part(
     template: PromptTemplate, part: str, source: str, context: Mapping[str, Any], row: str
 ) -> str:
-    compiled = _compile(template, part, source)
+    compiled = compile_part(template, part, source)
     try:
         return compiled.render(context)
     except SecurityError as err:
@@ -725,285 +719,7 @@ def _describe_row(fields: Mapping[str, Any]) -> str:
     return f"row with fields ({', '.join(fields)})"
 
 
-# --- placeholders (show, lint without data) ----------------------------------------------------
-
-
-def placeholder_task(template: PromptTemplate) -> TaskInfo:
-    """A made-up task with exactly the fields ``template`` uses, for rendering an example."""
-    used = template_variables(template) - set(template.vars) - {"answer_choices"}
-    filters: dict[str, set[str]] = {}
-    for source in (template.prompt, template.answer or ""):
-        for name, names in _filtered_names(source).items():
-            filters.setdefault(name, set()).update(names)
-    sequence_fields: dict[str, SequenceKind] = {
-        name: "protein" if "protein" in f else "dna"
-        for name, f in filters.items()
-        if f & SEQUENCE_FILTERS and name in used
-    }
-    if "inputs" in used and not sequence_fields:
-        sequence_fields["sequence"] = "dna"
-    answer_field: str | None = None
-    if "target_sequence" in used:
-        answer_field = "target_seq"
-        sequence_fields[answer_field] = "protein"
-    elif template.task_type == "generation":
-        answer_vars = sorted(_variables(template.answer or "") - set(template.vars))
-        answer_field = answer_vars[0] if len(answer_vars) == 1 else "answer"
-    fields = {*(used - BOUND_VARIABLES), *sequence_fields, "label"}
-    if answer_field is not None:
-        fields.add(answer_field)
-    classes: tuple[ClassInfo, ...] = ()
-    if template.answer_choices is not None:
-        classes = tuple(ClassInfo(k, v) for k, v in template.answer_choices.items())
-    elif template.choices_from_task:
-        meanings = ["first class", "second class", "third class"]
-        count = 2 if template.task_type == "binary" else 3
-        classes = tuple(ClassInfo(str(i), meanings[i]) for i in range(count))
-    task_id = template.task.replace("*", "example") if template.is_pattern else template.task
-    return TaskInfo(
-        id=task_id,
-        task_type=template.task_type,
-        description=f"An example {template.task_type} task (placeholder values).",
-        fields=tuple(sorted(fields)),
-        sequence_fields=sequence_fields,
-        metric=template.metrics[0],
-        classes=classes,
-        answer_field=answer_field,
-    )
-
-
-def placeholder_row(task: TaskInfo) -> dict[str, Any]:
-    """A row of made-up but valid values for every field of ``task``."""
-    row: dict[str, Any] = {}
-    for name in task.fields:
-        kind = task.sequence_fields.get(name)
-        if kind is not None:
-            row[name] = EXAMPLE_SEQUENCES[kind]
-        elif name == task.answer_field:
-            row[name] = "An example answer."
-        elif name == task.label_field:
-            default: Any = {"regression": 0.75, "token": "0011100"}.get(task.task_type, "0")
-            row[name] = task.classes[0].label if task.classes else default
-        elif name.startswith("seq_type"):
-            suffix = name[len("seq_type") :]
-            kinds = [k for n, k in task.sequence_fields.items() if n.endswith(suffix)]
-            row[name] = "prot" if kinds[:1] == ["protein"] else "gene"
-        else:
-            row[name] = f"example {name.replace('_', ' ')}"
-    return row
-
-
-# --- lint -----------------------------------------------------------------------------------
-
-
-def lint(
-    templates: Sequence[PromptTemplate],
-    tasks: Sequence[TaskInfo] = (),
-    sample_rows: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    previous: Mapping[str, tuple[int, str]] | None = None,
-) -> list[LintProblem]:
-    """Every problem found in ``templates``, checked against ``tasks`` and ``sample_rows``
-    (task id -> rows; placeholder rows where none) and the lock (``previous``: id -> (version,
-    text_hash)); an exact-id template of an unknown task is checked against a placeholder."""
-    problems: list[LintProblem] = []
-    seen: dict[str, PromptTemplate] = {}
-    sources = {t.id.split("/")[0] for t in tasks}
-    by_id = {t.id: t for t in tasks}
-    for tpl in templates:
-        where = _show(tpl.path)
-        if tpl.id in seen:
-            other = _show(seen[tpl.id].path)
-            problems.append(LintProblem(where, tpl.id, f"duplicate id: also in {other}"))
-        seen.setdefault(tpl.id, tpl)
-        syntax = _syntax_problems(tpl)
-        problems += [LintProblem(where, tpl.id, p) for p in [*syntax, *_lint_alone(tpl)]]
-        if syntax:
-            continue
-        targets = [t for t in tasks if tpl.matches(t.id)]
-        if not tpl.is_pattern and tpl.task not in by_id and tpl.task.split("/")[0] in sources:
-            problems.append(LintProblem(where, tpl.id, f"task {tpl.task} is not a known task"))
-            continue
-        if tpl.is_pattern:
-            matching = [t for t in targets if t.task_type == tpl.task_type]
-            targets = [t for t in matching if _applies(tpl, t)]
-            if matching and not targets and tpl.task != "*":
-                message = f"matches {len(matching)} {tpl.task_type} task(s) (e.g. {matching[0].id})"
-                message += " but none has every field it uses"
-                problems.append(LintProblem(where, tpl.id, message))
-                continue
-        if not targets:
-            targets = [placeholder_task(tpl)]
-        for task in targets:
-            rows = (sample_rows or {}).get(task.id) or [placeholder_row(task)]
-            problems += [LintProblem(where, tpl.id, p) for p in _lint_with(tpl, task, rows)]
-    if previous is not None:
-        problems += lock_problems(templates, previous)
-    return problems
-
-
-def _syntax_problems(tpl: PromptTemplate) -> list[str]:
-    problems = []
-    for part, source in (("prompt", tpl.prompt), ("answer", tpl.answer or "")):
-        try:
-            _compile(tpl, part, source)
-        except TemplateError as err:
-            problems.append(err.reason)
-    return problems
-
-
-def _lint_alone(tpl: PromptTemplate) -> Iterator[str]:
-    for metric in tpl.metrics:
-        if metric not in KNOWN_METRICS:
-            yield f"unknown metric {metric!r} (known: {', '.join(sorted(KNOWN_METRICS))})"
-    shadowed = set(tpl.vars) & (BOUND_VARIABLES | {"answer_choices"})
-    if shadowed:
-        yield f"vars {sorted(shadowed)} shadow built-in variables"
-    texts: dict[str, str] = {}
-    for label, text in (tpl.answer_choices or {}).items():
-        if not text.strip():
-            yield f"answer choice for label {label} is empty"
-        elif text != text.strip():
-            yield f"answer choice {text!r} has spaces around it"
-        if text in texts:
-            yield f"labels {texts[text]} and {label} share the answer {text!r}"
-        texts.setdefault(text, label)
-    if "TODO" in tpl.prompt + (tpl.answer or "") + "".join(texts):
-        yield "still has a TODO from the scaffold: write the text"
-
-
-def _lint_with(tpl: PromptTemplate, task: TaskInfo, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    if tpl.task_type != task.task_type:
-        return [f"task_type {tpl.task_type}, but task {task.id} is {task.task_type}"]
-    problems: list[str] = []
-    used = template_variables(tpl)
-    missing = sorted(used - available_variables(tpl, task))
-    if missing:
-        fields = ", ".join(task.fields)
-        return [f"uses {', '.join(missing)}, which task {task.id} lacks (fields: {fields})"]
-    if tpl.choices_from_task and not task.classes:
-        return [f"answer_choices: from_task, but task {task.id} has no classes"]
-    if tpl.answer_choices is not None and task.classes:
-        labels = task.class_labels()
-        lacking = [
-            f"{c.label} ({c.meaning})" for c in task.classes if c.label not in tpl.answer_choices
-        ]
-        if lacking:
-            problems.append(f"no answer choice for class label(s) {', '.join(lacking)}")
-        extra = [k for k in tpl.answer_choices if k not in labels]
-        if extra:
-            problems.append(
-                f"answer choice(s) for label(s) {', '.join(extra)}, which task {task.id} lacks "
-                f"(labels: {', '.join(labels)})"
-            )
-    for source in (tpl.prompt, tpl.answer or ""):
-        for name, filters in _filtered_names(source).items():
-            if name in task.sequence_fields and filters & {"truncate", "wordwrap", "center"}:
-                problems.append(f"cuts or reflows sequence field {name}: never cut a sequence")
-    for node in _parsed(tpl.prompt + "\n" + (tpl.answer or "")).find_all(nodes.Getitem):
-        name = node.node.name if isinstance(node.node, nodes.Name) else ""
-        if isinstance(node.arg, nodes.Slice) and name in task.sequence_fields:
-            problems.append(f"slices sequence field {name}: never cut a sequence")
-    bound = bind(tpl, task)
-    rendered: list[Rendered] = []
-    for row in rows:
-        try:
-            rendered.append(render(bound, row))
-        except TemplateError as err:
-            problems.append(err.reason)
-            break
-    if rendered:
-        first = rendered[0]
-        end = first.prompt.rstrip(" \t")
-        if _sequence_answer(tpl, task) and not end.endswith(("\n", ":")):
-            problems.append(
-                "the answer is a sequence: end the prompt with ':' or a newline, a separator "
-                "that keeps the prompt's last word out of the sequence's first tokens"
-            )
-        elif first.prompt[-1:].isalnum():
-            problems.append(
-                f"the prompt ends mid-word ({first.prompt.splitlines()[-1][-20:]!r}): end it with "
-                "a separator "
-                "such as 'Answer:' so the answer starts a new word"
-            )
-    return problems
-
-
-def _sequence_answer(tpl: PromptTemplate, task: TaskInfo) -> bool:
-    """Whether the answer renders from a sequence (generation / token templates)."""
-    if tpl.answer is None:
-        return False
-    used = _variables(tpl.answer)
-    if used & set(task.sequence_fields) or "target_sequence" in used:
-        return True
-    if "target" in used and task.answer_field in task.sequence_fields:
-        return True
-    return any(f & SEQUENCE_FILTERS for f in _filtered_names(tpl.answer).values())
-
-
-# --- the lock file ------------------------------------------------------------------------------
-
-
-def lock_problems(
-    templates: Sequence[PromptTemplate], previous: Mapping[str, tuple[int, str]]
-) -> list[LintProblem]:
-    """Changed text without a version bump; templates missing from, or stale in, the lock."""
-    problems: list[LintProblem] = []
-    fix = "run `llamagene templates lint --update-lock`"
-    for tpl in templates:
-        where = _show(tpl.path)
-        if tpl.id not in previous:
-            problems.append(LintProblem(where, tpl.id, f"not in {LOCK_NAME}: {fix}", lock=True))
-            continue
-        version, text_hash = previous[tpl.id]
-        if text_hash != tpl.text_hash and tpl.version <= version:
-            problems.append(
-                LintProblem(
-                    where,
-                    tpl.id,
-                    f"text changed but version not bumped ({LOCK_NAME} has version {version} "
-                    f"with another text): set version: {version + 1}",
-                )
-            )
-        elif tpl.version < version:
-            problems.append(LintProblem(where, tpl.id, f"version went down from {version}"))
-        elif (tpl.version, tpl.text_hash) != (version, text_hash):
-            message = f"{LOCK_NAME} has version {version}: {fix}"
-            problems.append(LintProblem(where, tpl.id, message, lock=True))
-    ids = {t.id for t in templates}
-    for gone in sorted(set(previous) - ids):
-        message = f"in {LOCK_NAME} but no template has this id: {fix}"
-        problems.append(LintProblem(LOCK_NAME, gone, message, lock=True))
-    return problems
-
-
-def read_lock(path: Path) -> dict[str, tuple[int, str]]:
-    """id -> (version, text_hash) from a lock file; {} if there is none."""
-    if not path.exists():
-        return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("format") != LOCK_FORMAT:
-            raise ValueError(f"format is not {LOCK_FORMAT!r}")
-        return {k: (int(v["version"]), str(v["sha256"])) for k, v in raw["templates"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise TemplateError(f"not a template lock file ({err}): rewrite it with --update-lock",
-                            path=path) from None  # fmt: skip
-
-
-def lock_text(templates: Sequence[PromptTemplate]) -> str:
-    """The lock file for ``templates``: sorted, so an unchanged set gives identical bytes."""
-    entries = {t.id: {"version": t.version, "sha256": t.text_hash} for t in templates}
-    body = {"format": LOCK_FORMAT, "templates": dict(sorted(entries.items()))}
-    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
-
-
-def write_lock(path: Path, templates: Sequence[PromptTemplate]) -> None:
-    from llamagene.manifest import write_text_atomic
-
-    write_text_atomic(path, lock_text(templates))
-
-
-def _show(path: Path | str | None) -> str:
+def show_path(path: Path | str | None) -> str:
     """A path relative to the working directory where it lies below it."""
     if path is None:
         return ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamagene.cli import main
-from llamagene.templates import LOCK_NAME
+from llamagene.template_lint import LOCK_NAME
 
 FIXTURE_ROOT = Path(__file__).parents[1] / "fixtures" / "templates"
 DEMO_TRANSLATE = Path(__file__).parents[2] / "pipelines" / "demo" / "tasks" / "translate.yaml"

@@ -13,19 +13,15 @@ from llamagene.tasks.gue import GUE_DATASETS
 from llamagene.tasks.lucaone import PAIR_FIELDS, SINGLE_FIELDS
 from llamagene.tasks.table import load_table
 from llamagene.template_cli import known_tasks
+from llamagene.template_lint import LOCK_NAME, lint, lock_problems, lock_text, read_lock
 from llamagene.templates import (
-    LOCK_NAME,
     PROMPT_TEMPLATES_DIR,
     PromptTemplate,
     TemplateError,
     answer_fields,
     bind,
     collect_templates,
-    lint,
     load_templates,
-    lock_problems,
-    lock_text,
-    read_lock,
     render,
     templates_for,
 )
