@@ -21,6 +21,7 @@ dropped. Every template file is an input of the stage: edit one, and ``llamagene
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -28,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -134,25 +136,31 @@ class BuildSft:
             for task in tasks:
                 chosen = _choose_templates(task.info, templates, entry.templates)
                 jobs += [_Job(entry, task, split, chosen) for split in task.splits()]
-        state = _WorkerState(recipe, tokenizer_dir, test_sequences, jobs)
-        rows: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
+        shard_dir = ctx.out_dir / ".shards"
+        shard_dir.mkdir()
+        state = _WorkerState(recipe, tokenizer_dir, test_sequences, jobs, shard_dir)
         counts: dict[tuple[str, str], SplitCounts] = {}
+        written = {"train": 0, "dev": 0, "test": 0}
         workers = min(cfg.workers or min(8, os.cpu_count() or 1), len(jobs))
-        for job, (lines, tally) in zip(jobs, _run_jobs(state, workers), strict=True):
+        for job, tally in zip(jobs, _run_jobs(state, workers), strict=True):
             counts[(job.task.info.id, job.split)] = tally
-            rows[job.split].extend(lines)
-        builder = _builder(state)
-        english = _english_rows(recipe, builder, len(rows["train"]))
-        rows["train"].extend(english)
-        random.Random(recipe.seed).shuffle(rows["train"])
-        for name, lines in rows.items():
-            (ctx.out_dir / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+            written[job.split] += tally.written
+        english = _english_rows(recipe, _builder(state), written["train"])
+        (shard_dir / "english.jsonl").write_text("".join(english), encoding="utf-8")
+        written["train"] += len(english)
+        shards = {name: [shard_dir / f"{i}.jsonl" for i, j in enumerate(jobs) if j.split == name]
+                  for name in written}  # fmt: skip
+        shards["train"].append(shard_dir / "english.jsonl")
+        _write_shuffled(shards["train"], ctx.out_dir / "train.jsonl", recipe.seed)
+        for name in ("dev", "test"):
+            _concatenate(shards[name], ctx.out_dir / f"{name}.jsonl")
+        shutil.rmtree(shard_dir)
         summary = _summary(counts, len(english), recipe)
         write_text_atomic(ctx.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         markdown = _markdown(summary)
         write_text_atomic(ctx.out_dir / "summary.md", markdown)
         print(markdown)
-        ctx.report.update({f"{name}_rows": len(lines) for name, lines in rows.items()})
+        ctx.report.update({f"{name}_rows": n for name, n in written.items()})
         ctx.report.update({k: summary["totals"][k] for k in ("trimmed", "dropped_too_long",
                                                               "dropped_test_overlap")})  # fmt: skip
 
@@ -173,6 +181,7 @@ class _WorkerState:
     tokenizer_dir: Path
     test_sequences: set[bytes]
     jobs: list[_Job]
+    shard_dir: Path
     builder: RowBuilder | None = None
 
 
@@ -189,19 +198,53 @@ def _builder(state: _WorkerState) -> RowBuilder:
     return state.builder
 
 
-def _run_job(index: int) -> tuple[list[str], SplitCounts]:
+def _run_job(index: int) -> SplitCounts:
+    """Render one job's rows into ``<shard_dir>/<index>.jsonl``; return its counts."""
     assert _STATE is not None
     job = _STATE.jobs[index]
     tally = SplitCounts()
+    rows = _builder(_STATE).rows(job.task, job.split, job.templates, job.entry, tally)
     try:
-        lines = list(_builder(_STATE).rows(job.task, job.split, job.templates, job.entry, tally))
+        with (_STATE.shard_dir / f"{index}.jsonl").open("w", encoding="utf-8") as out:
+            out.writelines(rows)
     except LlamageneError as err:  # subclasses may not pickle back to the parent
         raise type(err)(str(err)) if type(err) in _PICKLABLE else StageError(str(err)) from None
-    return lines, tally
+    return tally
 
 
-def _run_jobs(state: _WorkerState, workers: int) -> Iterator[tuple[list[str], SplitCounts]]:
-    """The jobs' results in job order, from ``workers`` forked processes (or this one)."""
+def _write_shuffled(shards: Sequence[Path], out_path: Path, seed: int) -> None:
+    """All lines of ``shards`` in a seeded random order, holding only line offsets in memory."""
+    import mmap
+
+    maps: dict[int, mmap.mmap] = {}
+    refs: list[tuple[int, int, int]] = []
+    with contextlib.ExitStack() as stack:
+        for shard_no, shard in enumerate(shards):
+            if shard.stat().st_size == 0:  # mmap refuses empty files
+                continue
+            handle = stack.enter_context(shard.open("rb"))
+            data = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            maps[shard_no] = data
+            start = 0
+            while start < len(data):
+                end = data.find(b"\n", start) + 1
+                refs.append((shard_no, start, end))
+                start = end
+        random.Random(seed).shuffle(refs)
+        with out_path.open("wb") as out:
+            for shard_no, start, end in refs:
+                out.write(maps[shard_no][start:end])
+
+
+def _concatenate(shards: Sequence[Path], out_path: Path) -> None:
+    with out_path.open("wb") as out:
+        for shard in shards:
+            with shard.open("rb") as handle:
+                shutil.copyfileobj(handle, out)
+
+
+def _run_jobs(state: _WorkerState, workers: int) -> Iterator[SplitCounts]:
+    """The jobs' counts in job order, from ``workers`` forked processes (or this one)."""
     global _STATE
     _STATE = state
     try:
