@@ -27,6 +27,7 @@ from jinja2 import nodes
 
 from llamagene.alphabets import SequenceKind
 from llamagene.tasks import ClassInfo, TaskInfo
+from llamagene.template_jinja import filtered_names, parsed_source, source_variables
 from llamagene.templates import (
     BOUND_VARIABLES,
     LintProblem,
@@ -37,11 +38,8 @@ from llamagene.templates import (
     available_variables,
     bind,
     compile_part,
-    filtered_names,
-    parsed_source,
     render,
     show_path,
-    source_variables,
     template_variables,
 )
 

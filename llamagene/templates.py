@@ -8,12 +8,12 @@ drift: train on ``prompt`` then ``answer`` (encoded separately, so the loss mask
 evaluate by scoring each of ``choices`` as the continuation of ``prompt``. A prompt never ends
 mid-word, and ends with ``:`` or a newline where the answer is a sequence.
 
-Rendering runs in Jinja's immutable sandbox with strict undefined variables: a variable the row
-lacks, a Python internal (``{{ ''.__class__ }}``) or a letter that is not DNA / protein stops
-with a :class:`TemplateError` naming the file, the template id and the row. The filters ``dna``,
-``protein`` and ``seq(kind)`` write a sequence as ``<dna>ACGT</dna>`` / ``<protein>MK</protein>``
-(the markup :func:`llamagene.alphabets.encode_markup` maps into the merged tokenizer's own
-alphabets); templates never cut a sequence.
+Rendering runs in the sandbox of :mod:`llamagene.template_jinja` (strict undefined variables,
+no ``_`` attributes, the filters ``dna`` / ``protein`` / ``seq(kind)`` that write a sequence as
+``<dna>ACGT</dna>`` / ``<protein>MK</protein>`` markup): a variable the row lacks, a Python
+internal (``{{ ''.__class__ }}``) or a letter that is not DNA / protein stops with a
+:class:`TemplateError` naming the file, the template id and the row. Templates never cut a
+sequence.
 
 Which templates serve a task (:func:`templates_for`): the templates naming its exact id, then
 the glob templates (``gue/EMP/*``) of its type whose variables the task has; the generic
@@ -36,33 +36,29 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from llamagene.alphabets import LETTERS, SequenceKind, to_model_text
 from llamagene.config import load_yaml
 from llamagene.errors import ConfigError, LlamageneError
 from llamagene.tasks import TaskInfo, TaskType
+from llamagene.template_jinja import (
+    Refused,
+    SequenceLetterError,
+    compiled,
+    source_variables,
+    wrap_sequence,
+)
 
 PROMPT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "prompt_templates"
 CLASSIFICATION: frozenset[TaskType] = frozenset({"binary", "multiclass", "multilabel"})
 FROM_TASK = "from_task"
 #: Variables of a bound template beyond the row's fields (see the module docstring).
 BOUND_VARIABLES = frozenset({"task_id", "task_description", "inputs", "target", "target_sequence"})
-#: ``seq(kind)`` accepts LucaOne's ``seq_type`` values as well as the kind names.
-SEQ_TYPES: dict[str, SequenceKind] = {
-    "dna": "dna", "gene": "dna", "nucleotide": "dna", "protein": "protein", "prot": "protein"
-}  # fmt: skip
-#: ``molecule`` filter: a ``seq_type`` in words (LucaOne's ``gene`` may be DNA or RNA).
-MOLECULES = {"dna": "nucleotide", "gene": "nucleotide", "nucleotide": "nucleotide",
-             "protein": "protein", "prot": "protein"}  # fmt: skip
 _ID = r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*"
 
 
@@ -374,7 +370,7 @@ def _text_hash(spec: _Spec) -> str:
     """SHA-256 of what the rendered text depends on (not version, weight, metrics, notes)."""
     try:
         used = source_variables(spec.prompt) | source_variables(spec.answer or "")
-    except (jinja2.TemplateError, _Refused):
+    except (jinja2.TemplateError, Refused):
         used = frozenset(spec.vars)
     payload = {
         "task": spec.task,
@@ -388,91 +384,7 @@ def _text_hash(spec: _Spec) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-# --- Jinja --------------------------------------------------------------------------------------
-
-
-class SequenceLetterError(ValueError):
-    """A ``dna`` / ``protein`` filter met a letter outside the alphabet (or no sequence)."""
-
-
-class _Refused(Exception):
-    """A template reaches for Python internals (an attribute or key starting with ``_``)."""
-
-
-def _wrap(value: object, kind: SequenceKind) -> str:
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises UndefinedError naming the variable
-    if not isinstance(value, str):
-        raise SequenceLetterError(f"{kind} filter: expected a sequence, got {type(value).__name__}")
-    if not value:
-        raise SequenceLetterError(f"{kind} filter: the sequence is empty")
-    if value.strip(LETTERS[kind]):  # some letter is outside the alphabet (strip is C-fast)
-        try:
-            to_model_text(value, kind)
-        except ValueError as err:
-            pos = next(i for i, c in enumerate(value) if c not in LETTERS[kind])
-            raise SequenceLetterError(f"{err}, at position {pos + 1} of {len(value)}") from None
-    return f"<{kind}>{value}</{kind}>"
-
-
-def _seq(value: object, kind: str) -> str:
-    if kind not in SEQ_TYPES:
-        raise SequenceLetterError(
-            f"seq filter: unknown sequence type {kind!r} ({sorted(SEQ_TYPES)})"
-        )
-    return _wrap(value, SEQ_TYPES[kind])
-
-
-def _molecule(kind: str) -> str:
-    if kind not in MOLECULES:
-        raise SequenceLetterError(f"molecule filter: unknown sequence type {kind!r}")
-    return MOLECULES[kind]
-
-
-def _join_or(items: Sequence[object]) -> str:
-    words = [str(x) for x in items]
-    return words[0] if len(words) < 2 else ", ".join(words[:-1]) + " or " + words[-1]
-
-
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
-)
-_ENV.filters.update(
-    dna=lambda v: _wrap(v, "dna"),
-    protein=lambda v: _wrap(v, "protein"),
-    seq=_seq,
-    molecule=_molecule,
-    join_or=_join_or,
-)
-for _name in ("lipsum", "cycler", "joiner"):
-    _ENV.globals.pop(_name, None)
-
-
-@lru_cache(maxsize=4096)
-def parsed_source(source: str) -> nodes.Template:
-    ast = _ENV.parse(source)
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
-        name = ""
-        if isinstance(node, nodes.Getattr):
-            name = node.attr
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-            name = node.arg.value if isinstance(node.arg.value, str) else ""
-        elif isinstance(node, nodes.Filter) and node.name == "attr":
-            name = "|attr"
-        if name.startswith(("_", "|")):
-            raise _Refused(f"line {node.lineno}: {name!r} reaches into Python internals")
-    return ast
-
-
-@lru_cache(maxsize=4096)
-def _compiled(source: str) -> jinja2.Template:
-    parsed_source(source)
-    return _ENV.from_string(source)
-
-
-@lru_cache(maxsize=4096)
-def source_variables(source: str) -> frozenset[str]:
-    return frozenset(meta.find_undeclared_variables(parsed_source(source)) - set(_ENV.globals))
+# --- Jinja (the sandbox itself is llamagene.template_jinja) -----------------------------------
 
 
 def template_variables(template: PromptTemplate) -> frozenset[str]:
@@ -484,21 +396,12 @@ def template_variables(template: PromptTemplate) -> frozenset[str]:
 
 def compile_part(template: PromptTemplate, part: str, source: str) -> jinja2.Template:
     try:
-        return _compiled(source)
+        return compiled(source)
     except jinja2.TemplateSyntaxError as err:
         reason = f"{part} line {err.lineno}: Jinja syntax error: {err.message}"
-    except _Refused as err:
+    except Refused as err:
         reason = f"{part} {err}: refused (templates may use row fields and filters only)"
     raise TemplateError(reason, path=template.path, template_id=template.id)
-
-
-def filtered_names(source: str) -> dict[str, set[str]]:
-    """variable -> the filters applied to it directly (``{{ x | dna }}`` -> {x: {dna}})."""
-    out: dict[str, set[str]] = {}
-    for node in parsed_source(source).find_all(nodes.Filter):
-        if isinstance(node.node, nodes.Name):
-            out.setdefault(node.node.name, set()).add(node.name)
-    return out
 
 
 # --- choosing and rendering -------------------------------------------------------------------
@@ -620,7 +523,7 @@ def _bound_context(
             if name not in fields:
                 raise fail(f"'{name}' is undefined (a sequence field of task {task.id})")
             try:
-                lines.append(f"{field_title(name)}: {_wrap(fields[name], kind)}")
+                lines.append(f"{field_title(name)}: {wrap_sequence(fields[name], kind)}")
             except SequenceLetterError as err:
                 raise fail(f"field {name}: {err}") from None
         out["inputs"] = "\n".join(lines)
@@ -631,7 +534,7 @@ def _bound_context(
         target_kind = task.sequence_fields.get(target_field)
         if target_kind is not None:
             try:
-                value = _wrap(value, target_kind)
+                value = wrap_sequence(value, target_kind)
             except SequenceLetterError as err:
                 raise fail(f"field {target_field}: {err}") from None
             out["target_sequence"] = value
