@@ -9,6 +9,7 @@ the pipeline moves that folder to ``<run_dir>/<stage>/`` when the stage succeeds
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,8 +43,6 @@ class StageContext:
         """``<run_dir>/.work/<stage>/<key>/``: kept when the stage fails or is killed (so a
         rerun with the same ``key`` can resume), removed when the stage succeeds. Folders of
         other keys (an older config) are removed here."""
-        import shutil
-
         stage_dir = self.run_dir / WORK_DIR / self.name
         if stage_dir.is_dir():
             for other in stage_dir.iterdir():

@@ -207,8 +207,9 @@ def _run_job(index: int) -> SplitCounts:
     try:
         with (_STATE.shard_dir / f"{index}.jsonl").open("w", encoding="utf-8") as out:
             out.writelines(rows)
-    except LlamageneError as err:  # subclasses may not pickle back to the parent
-        raise type(err)(str(err)) if type(err) in _PICKLABLE else StageError(str(err)) from None
+    except LlamageneError as err:  # loader errors take extra init args and do not unpickle
+        kind = StageError if isinstance(err, StageError) else LlamageneError
+        raise kind(str(err)) from None
     return tally
 
 
@@ -557,7 +558,5 @@ def _template_files(cfg: BuildSftConfig) -> list[Path]:
         return []
     return sorted(p for p in cfg.templates_dir.rglob("*.yaml") if p.is_file())
 
-
-_PICKLABLE = (LlamageneError, StageError)
 
 STAGE = BuildSft()

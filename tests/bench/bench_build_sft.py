@@ -73,12 +73,10 @@ def main() -> int:
     recipe = {"seed": 1, "tasks": [{"data": {"source": "gue", "root": str(work / "GUE")}}],
               "length": {"max_tokens": 512}}  # fmt: skip
     (work / "sft.yaml").write_text(yaml.safe_dump(recipe))
-    demo = yaml.safe_load(DEMO_PIPELINE.read_text())
     pipeline = load_pipeline(
         DEMO_PIPELINE,
         [f"run_dir={run_dir}", f"build_sft.recipe={work / 'sft.yaml'}"],
     )
-    del demo
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     pipeline.run(only=["build_sft"], force=True)

@@ -156,8 +156,6 @@ def _run_pretrain(pipeline: Path, launcher: str | None, extra: list[str]) -> dic
 
 def _mutated_fasta(path: Path, sources: list[Path], target_bytes: int, alphabet: str) -> int:
     """Copies of the real records with 2% random substitutions, until ``target_bytes``."""
-    from llamagene.alphabets import DNA_LETTERS  # noqa: F401  (documents the alphabet used)
-
     records: list[str] = []
     for src in sources:
         seq: list[str] = []
@@ -271,7 +269,6 @@ def bench_train(work: Path, tokenizer_run: Path, steps: int) -> dict[str, Any]:
 
 
 def bench_init(work: Path, tokenizer_run: Path, quick: bool) -> dict[str, Any]:
-    import torch
 
     base_dir = work / "base_model"
     base_steps = 40 if quick else 400
@@ -306,7 +303,6 @@ def bench_init(work: Path, tokenizer_run: Path, quick: bool) -> dict[str, Any]:
             f"init {init:>7}: loss before training {start_loss:.3f}, steps 1-5 {first:.3f}, "
             f"last 5 of {steps} steps {last:.3f}, eval after {report['eval_loss']:.3f}"
         )
-    del torch
     return figures
 
 
