@@ -3,9 +3,11 @@
     llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [--launcher CMD] [key=value ...]
     llamagene status [PIPELINE.yaml] [key=value ...]
     llamagene validate [PIPELINE.yaml] [key=value ...]
-    llamagene templates {ls,show,new,lint,preview} ...   (prompt templates: llamagene.template_cli)
+    llamagene templates {ls,show,new,lint,preview} ...   (prompt templates: llamagene.templates.cli)
 
-Without a pipeline file, the built-in demo (``pipelines/demo/pipeline.yaml``) is used.
+Without a pipeline file, the built-in demo (``pipelines/demo/pipeline.yaml``) is used: the
+checkout's, or the copy installed inside the package (``llamagene.shipped``), whose outputs then
+go to ``runs/demo`` under the current folder instead of inside site-packages.
 ``key=value`` overrides a config value by its dotted path (``train_bpe.dna_vocab_size=8000``).
 Heavy libraries are imported only when a command needs them, so ``--help`` is instant.
 """
@@ -24,7 +26,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from llamagene.pipeline import Pipeline
 
-DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "demo" / "pipeline.yaml"
+    #: The built-in demo pipeline file; computed on first use by :func:`__getattr__`.
+    DEMO_PIPELINE: Path
+
+
+def demo_pipeline() -> Path:
+    """The built-in demo pipeline file: the checkout's, else the copy installed with llamagene."""
+    from llamagene.shipped import shipped_dir
+
+    return shipped_dir("pipelines") / "demo" / "pipeline.yaml"
+
+
+def __getattr__(name: str) -> Path:
+    # `from llamagene.cli import DEMO_PIPELINE` keeps working, but the path is looked up only
+    # when asked for, so importing the CLI (and `--help`) never fails on a broken install.
+    if name == "DEMO_PIPELINE":
+        return demo_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "templates",
         help="list, show, scaffold, lint and preview prompt templates (templates --help)",
         add_help=False,
-        prefix_chars="\0",  # every argument after `templates` goes to llamagene.template_cli
+        prefix_chars="\0",  # every argument after `templates` goes to llamagene.templates.cli
     )
     templates.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -87,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.args = [*args.args, *extra]
     if args.command == "templates":
-        from llamagene.template_cli import main as templates_main
+        from llamagene.templates.cli import main as templates_main
 
         return templates_main(args.args, debug=args.debug)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -119,10 +137,49 @@ def _load(raw: Sequence[str]) -> Pipeline:
     overrides = [a for a in raw if "=" in a]
     if len(files) > 1:
         raise ConfigError("command line", [f"give one pipeline file, not {len(files)}: {files}"])
-    path = Path(files[0]) if files else DEMO_PIPELINE
-    if not files:
-        print(f"using the demo pipeline {path}", file=sys.stderr)
+    if files:
+        return load_pipeline(Path(files[0]), overrides)
+    path, overrides = _demo(overrides)
     return load_pipeline(path, overrides)
+
+
+def _demo(overrides: list[str]) -> tuple[Path, list[str]]:
+    """The demo pipeline and the overrides to load it with; says in one line which is used.
+
+    The installed copy's ``run_dir`` (``../../runs/demo``, relative to the pipeline file) would
+    point inside site-packages, so it becomes ``runs/demo`` under the current folder, and a
+    relative ``run_dir=...`` override is taken relative to the current folder too.
+    """
+    import json
+
+    import yaml
+
+    from llamagene.shipped import is_checkout
+
+    path = demo_pipeline()
+    if is_checkout():
+        print(f"using the demo pipeline {path}", file=sys.stderr)
+        return path, overrides
+    run_dir = Path.cwd() / "runs" / "demo"
+    kept: list[str] = []
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if key.strip() == "run_dir" else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and value.strip():
+            run_dir = Path.cwd() / Path(value.strip()).expanduser()  # an absolute one stays
+        else:
+            kept.append(item)  # not run_dir, or a bad one that load_pipeline reports
+    print(
+        f"using the demo pipeline installed with llamagene ({path}); its outputs go to "
+        f"{run_dir} (set run_dir=... to change)",
+        file=sys.stderr,
+    )
+    # a JSON string is a YAML string too, whatever characters the folder's name holds; a bad
+    # run_dir=... left in `kept` comes after it, so load_pipeline reports it
+    return path, [f"run_dir={json.dumps(str(run_dir))}", *kept]
 
 
 def _run(pipeline: Pipeline, only: Sequence[str], force: bool, launcher: list[str] | None) -> int:

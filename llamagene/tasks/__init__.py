@@ -38,6 +38,39 @@ class ClassInfo:
     meaning: str
 
 
+TrimKeep = Literal["centre", "start", "end", "position", "whole"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Where a task's signal lies in its sequences, so that trimming a row to fit keeps it.
+
+    ``centre`` keeps the middle (a splice site, a ChIP-seq peak summit), ``start`` the beginning
+    (a reading frame defined from the first base), ``end`` the end, ``position`` a window centred
+    on the 0-based base ``position`` (GUE's prom_300 transcription start site, base 249 of 300),
+    and ``whole`` forbids trimming (the answer depends on every residue: a translation).
+    """
+
+    keep: TrimKeep = "centre"
+    position: int | None = None
+
+    def window(self, length: int, kept: int) -> tuple[int, int]:
+        """The ``[start, end)`` of the ``kept`` residues this rule keeps out of ``length``."""
+        kept = max(0, min(kept, length))
+        if self.keep == "start":
+            start = 0
+        elif self.keep == "end":
+            start = length - kept
+        elif self.keep == "position" and self.position is not None:
+            start = min(max(self.position - kept // 2, 0), length - kept)
+        else:
+            start = (length - kept) // 2
+        return start, start + kept
+
+    def describe(self) -> str:
+        return f"position {self.position}" if self.keep == "position" else self.keep
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What a task is: its id, type, fields, classes and metric."""
@@ -59,6 +92,8 @@ class TaskInfo:
     """For generation tasks, the field that holds the answer text."""
     strand_symmetric: bool = False
     """True where the reverse complement of a DNA sequence has the same label (augmentable)."""
+    signal: Signal = Signal()
+    """Where the signal lies in the sequences: what trimming a too-long row keeps."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def class_labels(self) -> tuple[str, ...]:

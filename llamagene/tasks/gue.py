@@ -18,6 +18,18 @@ paper names the nine variants (Alpha, Beta, Delta, Eta, Gamma, Iota, Kappa, Lamb
 the data do not say which label is which variant, so the meanings here are "variant class k (GUE
 label k)" rather than a guess.
 
+Where the signal lies (:class:`~llamagene.tasks.Signal`: what trimming a too-long row keeps),
+following how GUE built each dataset:
+
+- ``prom_300_*``: windows run from 249 bp upstream to 50 bp downstream of the transcription start
+  site (EPDnew), so the TSS is base 249: trimming keeps a window centred on it;
+- ``prom_core_*``: 34 bp upstream to 35 bp downstream, TSS at base 34: centred on it;
+- ``splice/reconstructed``: windows centred on the splice site: the centre;
+- ``tf/*``, ``mouse/*``: windows centred on the ChIP-seq peak: the centre;
+- ``EMP/*``: ~500 bp regions scored as a whole (enrichment over the region): the centre;
+- ``virus/covid``: ~1000 bp genome fragments whose variant-defining mutations may lie anywhere,
+  with no one position to centre on: the start is kept.
+
 A dataset folder must hold ``train.csv`` and ``test.csv``; a missing ``dev.csv`` is allowed (the
 task then has no dev split). Rows are streamed with :mod:`csv`.
 """
@@ -33,6 +45,7 @@ from typing import Any, Literal
 from llamagene.tasks import (
     SPLITS,
     ClassInfo,
+    Signal,
     Split,
     Task,
     TaskDataError,
@@ -55,9 +68,11 @@ _EMP_MARKS = {
     "H4ac": "H4ac (acetylated histone H4)",
 }
 _PROMOTERS = {
-    "300": "300 bp around the transcription start site",
-    "core": "the 70 bp core promoter around the transcription start site",
+    "300": "249 bp upstream to 50 bp downstream of the transcription start site",
+    "core": "the core promoter, 34 bp upstream to 35 bp downstream of the transcription start site",
 }
+#: The transcription start site's 0-based position in a promoter window (see the docstring).
+_TSS = {"300": 249, "core": 34}
 _SUBSETS = {
     "all": "TATA-box and non-TATA promoters",
     "notata": "promoters without a TATA box",
@@ -71,7 +86,11 @@ def _binary(no: str, yes: str) -> tuple[ClassInfo, ...]:
 
 
 def _info(
-    name: str, description: str, classes: tuple[ClassInfo, ...], strand_symmetric: bool
+    name: str,
+    description: str,
+    classes: tuple[ClassInfo, ...],
+    strand_symmetric: bool,
+    signal: Signal | None = None,
 ) -> TaskInfo:
     group = name.split("/")[0]
     return TaskInfo(
@@ -83,6 +102,7 @@ def _info(
         metric="f1_macro" if name == "virus/covid" else "mcc",
         classes=classes,
         strand_symmetric=strand_symmetric,
+        signal=signal or Signal(),
         extra={"benchmark": "GUE", "group": group, "dataset": name},
     )
 
@@ -91,21 +111,26 @@ def _datasets() -> dict[str, TaskInfo]:
     infos: dict[str, TaskInfo] = {}
     for mark, what in _EMP_MARKS.items():
         if mark in ("H3", "H4"):  # occupancy by the histone itself, not a modification
-            question = f"is the region occupied by {what}?"
-            classes = _binary(f"not occupied by {what}", f"occupied by {what}")
+            question = f"is {what} occupancy over the region high or low?"
+            classes = _binary(f"low {what} occupancy", f"high {what} occupancy")
         else:
-            question = f"does the region carry {what}?"
-            classes = _binary(f"no {what}", f"carries {what}")
-        text = f"yeast (S. cerevisiae) epigenetic marks, ~500 bp: {question}"
+            question = f"is the region's {what} enrichment high or low?"
+            classes = _binary(f"low {mark} enrichment", f"high {mark} enrichment")
+        text = f"yeast (S. cerevisiae) histone occupancy and marks: {question}"
         infos[f"EMP/{mark}"] = _info(f"EMP/{mark}", text, classes, strand_symmetric=True)
     for size, where in _PROMOTERS.items():
         for subset, which in _SUBSETS.items():
             name = f"prom/prom_{size}_{subset}"
-            text = f"human promoter detection ({which}): is {where} a promoter?"
-            infos[name] = _info(name, text, _binary("non-promoter", "promoter"), False)
+            text = f"human promoter detection ({which}; promoter windows span {where}): is the "
+            text += "sequence a promoter?"
+            signal = Signal("position", _TSS[size])
+            infos[name] = _info(name, text, _binary("non-promoter", "promoter"), False, signal)
     for group, species in (("tf", "human"), ("mouse", "mouse")):
         for k in range(5):
-            text = f"{species} transcription factor binding (ChIP-seq set {k}), ~100 bp"
+            text = (
+                f"{species} transcription factor binding: is the sequence a binding site (a "
+                f"ChIP-seq peak) of the profiled factor, or background?"
+            )
             classes = _binary("no binding site", "transcription factor binding site")
             infos[f"{group}/{k}"] = _info(f"{group}/{k}", text, classes, strand_symmetric=True)
     splice = (
@@ -113,13 +138,13 @@ def _datasets() -> dict[str, TaskInfo]:
         ClassInfo("1", "splice donor site"),
         ClassInfo("2", "not a splice site"),
     )
-    text = "human splice site prediction, ~400 bp: acceptor, donor or neither"
+    text = "human splice site prediction: acceptor, donor or neither"
     infos["splice/reconstructed"] = _info("splice/reconstructed", text, splice, False)
     covid = tuple(
         ClassInfo(str(k), f"variant class {k} (GUE label {k})") for k in range(_COVID_CLASSES)
     )
-    text = "SARS-CoV-2 variant classification of ~1000 bp genome fragments (9 variants)"
-    infos["virus/covid"] = _info("virus/covid", text, covid, False)
+    text = "SARS-CoV-2 variant classification of genome fragments (9 variants)"
+    infos["virus/covid"] = _info("virus/covid", text, covid, False, Signal("start"))
     return infos
 
 

@@ -14,6 +14,8 @@ A task YAML (paths relative to it; ``.gz`` is fine; the format follows the suffi
     multilabel_separator: ";"         # multilabel cells: "0;3" (or a JSON list, "[0, 3]")
     metric: mcc                       # default by task type: tasks.DEFAULT_METRICS
     strand_symmetric: false
+    signal: centre                    # what trimming keeps: centre | start | end | whole,
+                                      # or {position: 249} (a window centred on base 249)
 
 Every column of the first split's file is a field of each row. A token task's label is one
 character per residue of its (single) sequence column; a regression label is a number. Schema
@@ -41,10 +43,12 @@ from llamagene.tasks import (
     SPLITS,
     ClassInfo,
     Example,
+    Signal,
     Split,
     TaskDataError,
     TaskInfo,
     TaskType,
+    TrimKeep,
     normalise_sequence,
     parse_label,
     token_label,
@@ -190,6 +194,32 @@ class FileTask:
 # --- the task YAML -------------------------------------------------------------------------------
 
 
+class SignalSpec(StrictModel):
+    """Where a task's signal lies (:class:`~llamagene.tasks.Signal`), as written in YAML:
+    ``centre``, ``start``, ``end``, ``whole``, or ``{position: 249}``."""
+
+    keep: TrimKeep = "centre"
+    position: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"keep": value}
+        if isinstance(value, dict) and "position" in value and "keep" not in value:
+            return {"keep": "position", **value}
+        return value
+
+    @model_validator(mode="after")
+    def _position(self) -> Self:
+        if (self.keep == "position") != (self.position is not None):
+            raise ValueError("give a position exactly when keep is 'position': {position: 249}")
+        return self
+
+    def signal(self) -> Signal:
+        return Signal(self.keep, self.position)
+
+
 def _string_keys(value: Any) -> Any:
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
@@ -208,6 +238,7 @@ class TableSpec(StrictModel):
     multilabel_separator: str = Field(default=";", min_length=1)
     metric: str | None = None
     strand_symmetric: bool = False
+    signal: SignalSpec = SignalSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -261,6 +292,7 @@ def load_table(path: Path) -> FileTask:
         label_field=spec.label or "label",
         answer_field=spec.answer,
         strand_symmetric=spec.strand_symmetric,
+        signal=spec.signal.signal(),
         extra={"spec": str(path)},
     )
     columns = (*spec.sequences, spec.label or spec.answer or "")

@@ -13,7 +13,8 @@ from conftest import FIXTURES, write_pipeline
 
 from llamagene.errors import StageError
 from llamagene.pipeline import load_pipeline
-from llamagene.templates import PROMPT_TEMPLATES_DIR, load_templates, render
+from llamagene.templates import load_templates, render, shipped_templates_dir
+from llamagene.templates.lock import LOCK_NAME, write_lock
 
 TASKS = FIXTURES / "tasks"
 GUE = {"source": "gue", "root": str(TASKS / "GUE")}
@@ -48,7 +49,7 @@ def test_gue_and_table_tasks_become_instruction_rows(workspace: Path) -> None:
     out = _build(workspace, tasks=[{"data": GUE}, {"data": PROMOTER}])
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["tasks"]) == 29  # all 28 GUE datasets and the table task
-    templates = {t.id: t for t in load_templates(PROMPT_TEMPLATES_DIR)}
+    templates = {t.id: t for t in load_templates(shipped_templates_dir())}
     for split in ("train", "dev", "test"):
         rows = _rows(out, split)
         assert rows, split
@@ -75,7 +76,7 @@ def test_rows_render_with_their_template_and_rebuild_identically(workspace: Path
     out = _build(workspace, tasks=[{"data": PROMOTER}])
     first = {s: (out / f"{s}.jsonl").read_bytes() for s in ("train", "dev", "test")}
     task = load_tasks([TableSource.model_validate(PROMOTER)])[0]
-    bound = {t.id: t for t in templates_for(task.info, load_templates(PROMPT_TEMPLATES_DIR))}
+    bound = {t.id: t for t in templates_for(task.info, load_templates(shipped_templates_dir()))}
     for row in _rows(out, "test"):
         again = render(bound[row["template_id"]], row["fields"])
         assert (again.prompt, again.answer) == (row["prompt"], row["answer"])
@@ -84,14 +85,50 @@ def test_rows_render_with_their_template_and_rebuild_identically(workspace: Path
 
 
 def test_long_rows_are_trimmed_never_the_answer(workspace: Path) -> None:
-    out = _build(workspace, tasks=[{"data": GUE}], length={"max_tokens": 48})
+    length = {"max_tokens": 72, "eval_overflow": "trim"}
+    out = _build(workspace, tasks=[{"data": GUE}], length=length)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["totals"]["trimmed"] > 0
-    for row in _rows(out, "train"):
-        assert row["tokens"] <= 48 and row["answer"] in row["choices"]
-    out = _build(workspace, tasks=[{"data": GUE}], length={"max_tokens": 48, "overflow": "drop"})
+    originals = _originals()
+    trimmed = 0
+    for split in ("train", "dev", "test"):
+        for row in _rows(out, split):
+            assert row["tokens"] <= 72 and row["answer"] in row["choices"]
+            original = originals[(row["task"], split, row["index"])]
+            if row["trimmed"] is None:
+                assert row["fields"]["sequence"] == original
+                continue
+            trimmed += 1
+            start, end = row["trimmed"]["sequence"]["kept"]
+            assert row["trimmed"]["sequence"]["length"] == len(original)
+            assert row["fields"]["sequence"] == original[start:end] != original
+    assert trimmed == summary["totals"]["trimmed"]
+    length = {"max_tokens": 48, "overflow": "drop", "eval_overflow": "drop"}
+    out = _build(workspace, tasks=[{"data": GUE}], length=length)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["totals"]["dropped_too_long"] > 0 and summary["totals"]["trimmed"] == 0
+    assert summary["tasks"]["gue/EMP/H3"]["test"]["dropped_too_long"] > 0
+
+
+def test_dev_and_test_rows_are_not_trimmed_by_default(workspace: Path) -> None:
+    with pytest.raises(StageError) as caught:
+        _build(workspace, tasks=[{"data": GUE}], length={"max_tokens": 48})
+    message = str(caught.value)
+    assert "length.max_tokens (48)" in message and "eval_overflow" in message
+    assert "rows are longer than" in message and "/dev.csv:2" in message  # task, row, limit
+    assert message.startswith("task gue/") and "\n" not in message
+
+
+def _originals() -> dict[tuple[str, str, int], str]:
+    """(task, split, row index) -> the sequence as the fixture GUE tree has it."""
+    from llamagene.tasks.registry import GueSource, load_tasks
+
+    out = {}
+    for task in load_tasks([GueSource.model_validate(GUE)]):
+        for split in task.splits():
+            for example in task.examples(split):
+                out[(task.info.id, split, example.index)] = example.fields["sequence"]
+    return out
 
 
 def test_training_rows_sharing_a_test_sequence_are_dropped(workspace: Path, tmp_path: Path) -> None:
@@ -106,8 +143,8 @@ def test_training_rows_sharing_a_test_sequence_are_dropped(workspace: Path, tmp_
     leak = {"source": "table", "spec": str(spec_dir / "leak.yaml")}
     out = _build(workspace, tasks=[{"data": GUE}, {"data": leak}])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tasks"]["table/leak"]["train"]["dropped_test_overlap"] == 1
-    assert summary["totals"]["dropped_test_overlap"] == 1
+    assert summary["tasks"]["table/leak"]["train"]["leaks"]["exact"] == 1
+    assert summary["totals"]["dropped_leaks"] == summary["totals"]["leaks_exact"] == 1
 
 
 def test_reverse_complements_only_for_strand_symmetric_tasks(workspace: Path) -> None:
@@ -122,19 +159,21 @@ def test_reverse_complements_only_for_strand_symmetric_tasks(workspace: Path) ->
 
 def test_editing_a_template_makes_build_sft_stale(workspace: Path, tmp_path: Path) -> None:
     templates = tmp_path / "templates"
-    shutil.copytree(PROMPT_TEMPLATES_DIR, templates)
+    shutil.copytree(shipped_templates_dir(), templates)
     _recipe(workspace, tasks=[{"data": PROMOTER}])
     overrides = [f"build_sft.templates_dir={templates}"]
     load_pipeline(workspace / "pipeline.yaml", overrides).run(only=["build_sft"], force=True)
     statuses = {s.name: s for s in load_pipeline(workspace / "pipeline.yaml", overrides).status()}
     assert statuses["build_sft"].state == "up to date"
-    generic = sorted((templates / "generic").glob("*.yaml"))[0]
+    unused = templates / "gue" / "EMP" / "H3.yaml"  # no task of this recipe uses it
+    unused.write_text(unused.read_text() + "\n# edited\n")
+    statuses = {s.name: s for s in load_pipeline(workspace / "pipeline.yaml", overrides).status()}
+    assert statuses["build_sft"].state == "up to date"
+    generic = templates / "generic" / "binary.yaml"  # the promoter table task's templates
     generic.write_text(generic.read_text() + "\n# edited\n")
     statuses = {s.name: s for s in load_pipeline(workspace / "pipeline.yaml", overrides).status()}
     assert statuses["build_sft"].state == "stale"
-    assert any(
-        f"templates/generic/{generic.name} changed" in r for r in statuses["build_sft"].reasons
-    )
+    assert any("templates/generic/binary.yaml changed" in r for r in statuses["build_sft"].reasons)
 
 
 def test_a_label_outside_the_choices_names_the_row(workspace: Path, tmp_path: Path) -> None:
@@ -145,6 +184,7 @@ def test_a_label_outside_the_choices_names_the_row(workspace: Path, tmp_path: Pa
         "task_type": "binary", "prompt": "Promoter? {{ seq | dna }}\\nAnswer:",
         "answer_choices": {"0": "no"}, "metrics": ["mcc"],
     }]}))  # fmt: skip
+    write_lock(templates / LOCK_NAME, load_templates(templates))
     _recipe(workspace, tasks=[{"data": PROMOTER}])
     with pytest.raises(StageError) as caught:
         load_pipeline(workspace / "pipeline.yaml", [f"build_sft.templates_dir={templates}"]).run(
@@ -152,22 +192,3 @@ def test_a_label_outside_the_choices_names_the_row(workspace: Path, tmp_path: Pa
         )
     message = str(caught.value)
     assert "promoter/train.csv:3" in message and "label 1 has no answer choice" in message
-
-
-def test_counting_by_parts_equals_whole_text_counting(merged_tokenizer_dir: Path) -> None:
-    from llamagene.stages.build_sft import LengthChecker
-
-    checker = LengthChecker(merged_tokenizer_dir, 512)
-    texts = [
-        "Is <dna>ACGTTGCAAGGCTTAACG</dna> a promoter?\nAnswer:",
-        "<dna>ACGT</dna> and <protein>MKVLAAGIWQ</protein> interact? ",
-        "Sequence:<dna>GGGCCCAAATTT</dna>\n Answer with yes or no:",
-        "<protein>MSTNPKPQRKTKRNTNRRPQDVKFPGG</protein>",
-        "plain English only, no sequence at all.",
-        "Two:<dna>AC</dna><dna>GT</dna>  double  spaces ",
-    ]
-    pairs = [(t, "yes") for t in texts] + [("Translate:", "<protein>MKV</protein>")]
-    by_parts = checker.count(pairs)
-    whole = checker._whole([t for pair in pairs for t in pair])
-    assert by_parts == [whole[2 * i] + whole[2 * i + 1] + 2 for i in range(len(pairs))]
-    assert checker.by_parts  # the self-check agreed

@@ -63,7 +63,7 @@ def test_gue_datasets_are_the_28_with_metrics_and_strands() -> None:
         assert info.fields == ("sequence", "label") and info.sequence_fields == {"sequence": "dna"}
         assert info.metric == ("f1_macro" if name == "virus/covid" else "mcc")
         assert info.strand_symmetric == (info.extra["group"] in ("EMP", "tf", "mouse"))
-    assert GUE_DATASETS["EMP/H3K4me3"].classes[1].meaning.startswith("carries H3K4me3")
+    assert GUE_DATASETS["EMP/H3K4me3"].classes[1].meaning == "high H3K4me3 enrichment"
     assert [c.meaning for c in GUE_DATASETS["prom/prom_core_tata"].classes] == [
         "non-promoter", "promoter"
     ]  # fmt: skip

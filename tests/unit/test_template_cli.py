@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamagene.cli import main
-from llamagene.template_lint import LOCK_NAME
+from llamagene.templates.lock import LOCK_NAME
 
 FIXTURE_ROOT = Path(__file__).parents[1] / "fixtures" / "templates"
 DEMO_TRANSLATE = Path(__file__).parents[2] / "pipelines" / "demo" / "tasks" / "translate.yaml"
@@ -52,7 +52,7 @@ def test_ls(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split() == ["ID", "VERSION", "TASK", "TYPE", "FILE"]
     assert lines[1].split() == [
         "toy/binding/any",
-        "1",
+        "2",
         "toy/binding/*",
         "binary",
         "toy/others.yaml",
@@ -203,7 +203,19 @@ def test_preview_counts_tokens_with_the_merged_tokenizer(
     assert main(argv) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("--- "))
-    prompt_tokens, answer_tokens = (int(x) for x in header.split(": ")[-1].split()[0:3:2])
-    # 159 + 39 characters; the 60 bp and 20 residues are a few sequence pieces each
-    assert 10 < prompt_tokens < 100 and 2 < answer_tokens < 39, header
-    assert header.endswith("tokens (prompt + answer)")
+    shown = int(header.split(": ")[-1].split()[0])
+    assert header.endswith("tokens (BOS + prompt + answer + EOS, as build_sft counts a row)")
+    # the count a row gets: BOS + prompt + answer + EOS, each part encoded on its own, markup
+    # mapped first; checked here with the tokenizer transformers loads, not llamagene's counter
+    from transformers import AutoTokenizer
+
+    from llamagene.alphabets import encode_markup
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
+    body = out.split(header + "\n", 1)[1]
+    prompt, answer = body.split("\n>>> ", 1)
+    answer = answer.splitlines()[0]
+    ids = [
+        tokenizer(encode_markup(t), add_special_tokens=False)["input_ids"] for t in (prompt, answer)
+    ]
+    assert shown == len(ids[0]) + len(ids[1]) + 2

@@ -12,10 +12,8 @@ from llamagene.tasks import ClassInfo, TaskInfo
 from llamagene.tasks.gue import GUE_DATASETS
 from llamagene.tasks.lucaone import PAIR_FIELDS, SINGLE_FIELDS
 from llamagene.tasks.table import load_table
-from llamagene.template_cli import known_tasks
-from llamagene.template_lint import LOCK_NAME, lint, lock_problems, lock_text, read_lock
 from llamagene.templates import (
-    PROMPT_TEMPLATES_DIR,
+    LintProblem,
     PromptTemplate,
     TemplateError,
     answer_fields,
@@ -23,8 +21,12 @@ from llamagene.templates import (
     collect_templates,
     load_templates,
     render,
+    shipped_templates_dir,
     templates_for,
 )
+from llamagene.templates.cli import known_tasks
+from llamagene.templates.lint import lint
+from llamagene.templates.lock import LOCK_NAME, lock_problems, lock_text, read_lock
 
 FIXTURE_ROOT = Path(__file__).parents[1] / "fixtures" / "templates"
 DEMO_TASKS = Path(__file__).parents[2] / "pipelines" / "demo" / "tasks"
@@ -86,8 +88,15 @@ SPLICE_ITEM = """\
 """
 
 
-DEFAULT_PROMPT = "Seq: {{ sequence | dna }}\n      Answer:"
+DEFAULT_PROMPT = (
+    "Seq: {{ sequence | dna }}\n      Answer acceptor, donor or neither.\n      Answer:"
+)
 DEFAULT_CHOICES = '{"0": acceptor, "1": donor, "2": neither}'
+
+
+def _errors(problems: list[LintProblem]) -> list[LintProblem]:
+    """The problems that fail lint (warnings left out)."""
+    return [p for p in problems if not p.warning]
 
 
 def _splice(
@@ -99,9 +108,10 @@ def _splice(
 # --- golden renderings ----------------------------------------------------------------------
 
 
-GOLDEN: list[tuple[str, str, dict[str, Any], str, str]] = [
+GOLDEN: list[tuple[str, int, str, dict[str, Any], str, str]] = [
     (
         "gue/splice/reconstructed/site_type",
+        1,
         "splice/reconstructed",
         {"sequence": "CAGGTAAGT", "label": "1"},
         "Does this human DNA sequence contain a splice acceptor site (the 3' end of an intron), "
@@ -110,37 +120,53 @@ GOLDEN: list[tuple[str, str, dict[str, Any], str, str]] = [
         "donor",
     ),
     (
-        "gue/EMP/H3K4me3/mark_present",
+        "gue/EMP/H3K4me3/enrichment",
+        2,
         "EMP/H3K4me3",
         {"sequence": "ACGTN", "label": "1"},
         "Yeast genomic DNA: <dna>ACGTN</dna>\nH3K4me3 (trimethylation of histone H3 lysine 4) is "
-        "found mostly at the 5' end of active genes.\nIs H3K4me3 present on the nucleosomes of "
-        "this region? Answer present or absent.\nAnswer:",
-        "present",
+        "found mostly at the 5' end of active genes.\nIs the ChIP-chip enrichment of H3K4me3 "
+        "over this region high or low? Answer high or low.\nAnswer:",
+        "high",
     ),
     (
         "gue/tf/bound",
+        2,
         "tf/3",
         {"sequence": "TTGACA", "label": "0"},
-        "Does the transcription factor profiled in the human ChIP-seq dataset gue/tf/3 bind this "
-        "human DNA sequence (GUE does not name the factor)?\nSequence: <dna>TTGACA</dna>\n"
-        "Answer yes or no.\nAnswer:",
+        "Is this 6 bp human DNA sequence a binding site of the transcription factor profiled by "
+        "ChIP-seq, i.e. does it lie within one of the factor's ChIP-seq peaks?\n"
+        "Sequence: <dna>TTGACA</dna>\nAnswer yes or no.\nAnswer:",
         "no",
     ),
     (
+        "gue/prom/prom_300_all/question",
+        2,
+        "prom/prom_300_all",
+        {"sequence": "TATAAAAGGC", "label": "1"},
+        "Is this 10 bp human DNA sequence a promoter, i.e. the region just upstream of and around "
+        "a transcription start site?\nSequence: <dna>TATAAAAGGC</dna>\n"
+        "The promoters in this set are promoters with or without a TATA box. Answer yes or no.\n"
+        "Answer:",
+        "yes",
+    ),
+    (
         "gue/virus/covid/class_number",
+        2,
         "virus/covid",
         {"sequence": "ACGT", "label": "7"},
-        "SARS-CoV-2 genome fragment: <dna>ACGT</dna>\nVariant class (a number from 0 to 8):",
+        "SARS-CoV-2 genome fragment: <dna>ACGT</dna>\nWhich variant class does this fragment come "
+        "from? Answer with the class number: 0, 1, 2, 3, 4, 5, 6, 7 or 8.\nVariant class:",
         "7",
     ),
 ]
 
 
-@pytest.mark.parametrize(("template_id", "dataset", "row", "prompt", "answer"), GOLDEN)
+@pytest.mark.parametrize(("template_id", "version", "dataset", "row", "prompt", "answer"), GOLDEN)
 def test_golden_gue(
     shipped: dict[str, PromptTemplate],
     template_id: str,
+    version: int,
     dataset: str,
     row: dict[str, Any],
     prompt: str,
@@ -148,7 +174,7 @@ def test_golden_gue(
 ) -> None:
     out = render(bind(shipped[template_id], GUE_DATASETS[dataset]), row)
     assert (out.prompt, out.answer) == (prompt, answer)
-    assert out.template_id == template_id and out.template_version == 1
+    assert out.template_id == template_id and out.template_version == version
 
 
 def test_golden_lucaone_pair_uniprot_and_generic(shipped: dict[str, PromptTemplate]) -> None:
@@ -207,11 +233,11 @@ def test_golden_lucaone_pair_uniprot_and_generic(shipped: dict[str, PromptTempla
 
 def test_shipped_templates_lint_clean_against_every_known_task() -> None:
     templates = load_templates()
-    previous = read_lock(PROMPT_TEMPLATES_DIR / LOCK_NAME)
+    previous = read_lock(shipped_templates_dir() / LOCK_NAME)
     problems = lint(templates, _all_tasks(), previous=previous)
     assert [str(p) for p in problems] == []
     # the committed lock is exactly what --update-lock would write
-    assert (PROMPT_TEMPLATES_DIR / LOCK_NAME).read_text(encoding="utf-8") == lock_text(templates)
+    assert (shipped_templates_dir() / LOCK_NAME).read_text(encoding="utf-8") == lock_text(templates)
 
 
 def test_every_gue_dataset_has_two_templates_of_its_own(shipped: dict[str, PromptTemplate]) -> None:
@@ -229,6 +255,16 @@ def test_every_gue_dataset_has_two_templates_of_its_own(shipped: dict[str, Promp
     covid = " ".join(t.prompt + str(t.answer_choices) for t in templates if "covid" in t.id)
     for name in ("Alpha", "Beta", "Delta", "Gamma", "Omicron"):
         assert name not in covid  # the data do not say which label is which variant
+    gue = [t for t in templates if t.id.startswith("gue/")]
+    for t in gue:  # a biologist's question: no internal ids, no remarks about the benchmark
+        assert "task_id" not in t.prompt and "GUE" not in t.prompt, t.id
+    for t in gue:  # EMP labels are a threshold on enrichment: high or low, never present / absent
+        if t.id.startswith("gue/EMP/"):
+            text = (t.prompt + " " + " ".join((t.answer_choices or {}).values())).lower()
+            assert "present" not in text and "absent" not in text and "carr" not in text, t.id
+    for t in gue:  # negatives have no transcription start site: never say the window holds one
+        if t.id.startswith("gue/prom/"):
+            assert "upstream to" not in t.prompt and "possible transcription" not in t.prompt
 
 
 def test_every_task_type_has_a_generic_template(shipped: dict[str, PromptTemplate]) -> None:
@@ -331,7 +367,7 @@ def test_label_outside_the_choices(tmp_path: Path) -> None:
     (problem,) = lint([template], [SPLICE])
     assert problem.message == "no answer choice for class label(s) 2 (not a splice site)"
     extra = _splice(tmp_path, choices='{"0": a, "1": b, "2": c, "3": d}')
-    (problem,) = lint([extra], [SPLICE])
+    (problem,) = _errors(lint([extra], [SPLICE]))
     assert problem.message.startswith("answer choice(s) for label(s) 3, which task")
 
 
@@ -355,7 +391,9 @@ def test_changed_text_needs_a_version_bump(tmp_path: Path) -> None:
     original = _splice(tmp_path)
     previous = {original.id: (original.version, original.text_hash)}
     assert lock_problems([original], previous) == []
-    changed = _splice(tmp_path, prompt="DNA: {{ sequence | dna }}\n      Answer:")
+    changed = _splice(
+        tmp_path, prompt="DNA: {{ sequence | dna }}\n      Acceptor, donor or neither?"
+    )
     (problem,) = lock_problems([changed], previous)
     assert problem.message.startswith("text changed but version not bumped")
     assert "set version: 2" in problem.message and not problem.lock
@@ -395,10 +433,10 @@ def test_type_mismatch_metrics_separator_and_cut_sequences(tmp_path: Path) -> No
     (problem,) = lint([template], [binary])
     assert problem.message == "task_type multiclass, but task gue/splice/reconstructed is binary"
     mid_word = _splice(tmp_path, prompt="Seq: {{ sequence | dna }}\n      The site is")
-    (problem,) = lint([mid_word], [SPLICE])
+    (problem,) = _errors(lint([mid_word], [SPLICE]))
     assert problem.message.startswith("the prompt ends mid-word ('The site is')")
     cut = _splice(tmp_path, prompt="Seq: {{ sequence[:10] | dna }}\n      Answer:")
-    (problem,) = lint([cut], [SPLICE])
+    (problem,) = _errors(lint([cut], [SPLICE]))
     assert problem.message == "slices sequence field sequence: never cut a sequence"
     translate = _one(tmp_path, """\
   - id: x/translate

@@ -11,9 +11,12 @@ A recipe is YAML (``data_recipes/README.md``)::
         weight: 1.0                    # 0.5 keeps half the training rows, 2 uses each twice
         max_train_examples: 20000
         reverse_complement: false      # add reverse complements (strand-symmetric tasks only)
+        # signal: centre               # override what trimming keeps (the task declares it)
     english: [{path: english/alpaca.jsonl, format: alpaca}]
     english_share: 0.1                 # of the training rows
-    length: {max_tokens: 512, overflow: trim, trim_from: both}
+    length: {max_tokens: 512, overflow: trim, eval_overflow: error}
+    leak_check: {enabled: true, min_overlap_bp: 50, min_overlap_aa: 30}
+    eval_templates: one                # or all: every dev/test row through every template
 
 Relative paths resolve against the recipe's folder.
 """
@@ -21,13 +24,14 @@ Relative paths resolve against the recipe's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from llamagene.config import InputPath, StrictModel, format_validation_error, load_yaml
 from llamagene.errors import ConfigError
 from llamagene.tasks.registry import TaskSource
+from llamagene.tasks.table import SignalSpec
 
 
 class TaskEntry(StrictModel):
@@ -48,6 +52,9 @@ class TaskEntry(StrictModel):
     reverse_complement: bool = False
     """Add the reverse complement of every training DNA sequence as a further example, for
     tasks whose label does not depend on the strand (refused for the others)."""
+    signal: SignalSpec | None = None
+    """Where the signal lies, overriding the task's own declaration (``centre``, ``start``,
+    ``end``, ``whole`` or ``{position: N}``): what trimming a too-long row keeps."""
 
 
 class EnglishEntry(StrictModel):
@@ -58,18 +65,44 @@ class EnglishEntry(StrictModel):
 
 
 class LengthPolicy(StrictModel):
-    """How rows longer than the model's context are handled; the answer is never cut."""
+    """How rows longer than the model's context are handled; the answer is never cut.
+
+    A trimmed row keeps the part of its longest prompt sequence where the task's signal lies
+    (:class:`llamagene.tasks.Signal`: GUE's promoter windows keep the transcription start site,
+    splice sites the centre), and records its original length and the span it kept."""
 
     max_tokens: int = Field(512, ge=16)
     """Prompt + answer + BOS + EOS, in merged-tokenizer tokens."""
     overflow: Literal["trim", "drop"] = "trim"
-    """``trim``: shorten the prompt's sequences by ``trim_from`` until the row fits;
-    ``drop``: leave the row out. Both are counted in the summary."""
-    trim_from: Literal["both", "end", "start"] = "both"
-    """``both`` keeps the centre (where GUE puts splice sites and TSSs); ``end`` keeps the start;
-    ``start`` keeps the end."""
+    """Training rows: ``trim`` shortens the prompt's longest sequence around its signal until
+    the row fits; ``drop`` leaves the row out. Both are counted in the summary."""
+    eval_overflow: Literal["error", "drop", "trim"] = "error"
+    """Dev and test rows, which scores are computed on: ``error`` (default) stops the build
+    naming the task, the row and the limit, since a trimmed or missing test row changes the
+    benchmark; ``drop`` and ``trim`` are explicit choices, counted in the summary."""
     min_sequence_chars: int = Field(20, ge=1)
     """A row whose sequence would have to shrink below this is dropped instead."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "trim_from" in value:
+            raise ValueError(
+                "trim_from is gone: each task declares where its signal lies (GUE's built in; "
+                "`signal:` in a table task YAML or in the recipe's task entry)"
+            )
+        return value
+
+
+class LeakCheck(StrictModel):
+    """Which train and dev rows count as leaks of a test row (they are dropped and counted)."""
+
+    enabled: bool = True
+    """Drop train and dev rows whose sequence is related to a test sequence of any task."""
+    min_overlap_bp: int = Field(50, ge=8)
+    """DNA: a sequence inside another (either strand) counts when it is at least this long."""
+    min_overlap_aa: int = Field(30, ge=5)
+    """Protein: a sequence inside another counts when it is at least this long."""
 
 
 class SftRecipe(StrictModel):
@@ -83,8 +116,23 @@ class SftRecipe(StrictModel):
     english_share: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of the training rows that are English instructions (0: none)."""
     length: LengthPolicy = LengthPolicy()
-    dedupe_against_test: bool = True
-    """Drop training rows whose sequence appears in any task's test split."""
+    leak_check: LeakCheck = LeakCheck()
+    """Train and dev rows related to a test sequence (equal, reverse complement, containing or
+    contained) are dropped; ``summary.md`` counts each kind per task."""
+    eval_templates: Literal["one", "all"] = "one"
+    """``one``: each dev/test row gets one template, drawn like training rows; ``all``: each
+    dev/test row is rendered through every template of its task (rows name their template), so
+    evaluation can report per-template scores and their median."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "dedupe_against_test" in value:
+            raise ValueError(
+                "dedupe_against_test is now leak_check: {enabled: true|false, min_overlap_bp: "
+                "50, min_overlap_aa: 30}"
+            )
+        return value
 
 
 def load_sft_recipe(path: Path) -> SftRecipe:

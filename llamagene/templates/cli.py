@@ -22,35 +22,33 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from llamagene.errors import LlamageneError
 from llamagene.tasks import SPLITS, TASK_TYPES, TaskInfo
-from llamagene.template_lint import (
-    LOCK_NAME,
-    lint,
-    lock_text,
-    placeholder_row,
-    placeholder_task,
-    read_lock,
-)
-from llamagene.templates import (
-    PROMPT_TEMPLATES_DIR,
+from llamagene.templates.lint import lint
+from llamagene.templates.loading import (
     PromptTemplate,
     TemplateError,
-    bind,
     collect_templates,
     load_templates,
-    render,
-    templates_for,
+    shipped_templates_dir,
 )
+from llamagene.templates.lock import LOCK_NAME, lock_text, read_lock, write_lock
+from llamagene.templates.placeholders import placeholder_row, placeholder_task
+from llamagene.templates.rendering import bind, render, templates_for
+
+if TYPE_CHECKING:
+    from llamagene.sft.lengths import TokenCounter
 
 
 def main(argv: Sequence[str], *, debug: bool = False) -> int:
     args = _parser().parse_args(list(argv))
     try:
+        if args.root is None:
+            args.root = shipped_templates_dir()
         code: int = args.run(args)
         return code
     except LlamageneError as err:
@@ -69,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--root",
         type=Path,
-        default=PROMPT_TEMPLATES_DIR,
+        default=None,
         help="the templates folder (default: the repository's prompt_templates/)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -211,6 +209,9 @@ _SCAFFOLD_METRICS = {
 
 def scaffold(task_id: str, task_type: str) -> str:
     """The text ``templates new`` writes: one template with TODOs that lint refuses until done."""
+    choices = (
+        "      Answer {{ answer_choices | join_or }}.\n" if task_type in _SCAFFOLD_CHOICES else ""
+    )
     answer = (
         f"    answer_choices: {_SCAFFOLD_CHOICES[task_type]}\n"
         if task_type in _SCAFFOLD_CHOICES
@@ -228,6 +229,7 @@ def scaffold(task_id: str, task_type: str) -> str:
         "    prompt: |-\n"
         "      TODO: ask the question in words specific to this task.\n"
         "      Sequence: {{ sequence | dna }}\n"
+        f"{choices}"
         "      Answer:\n"
         f"{answer}"
         f"    metrics: {_SCAFFOLD_METRICS[task_type]}\n"
@@ -258,16 +260,19 @@ def _lint(args: argparse.Namespace) -> int:
         ids = {t.id for t in templates}
         previous = {k: v for k, v in previous.items() if k in ids}
     problems += lint(templates, known_tasks(), previous=previous)
+    warnings = [p for p in problems if p.warning]
+    problems = [p for p in problems if not p.warning]
     if args.update_lock and not [p for p in problems if not p.lock]:
-        from llamagene.template_lint import write_lock
-
         text = lock_text(templates)
         if not lock_path.exists() or lock_path.read_text(encoding="utf-8") != text:
             write_lock(lock_path, templates)
             print(f"wrote {lock_path} ({len(templates)} templates)")
         problems = []
-    for problem in problems:
+    for problem in [*problems, *warnings]:
         print(problem)
+    if warnings:
+        noun = "warning" if len(warnings) == 1 else "warnings"
+        print(f"{len(warnings)} {noun} (lint passes with warnings)", file=sys.stderr)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         print(f"{len(templates)} templates, {len(problems)} {noun}", file=sys.stderr)
@@ -286,13 +291,14 @@ def _preview(args: argparse.Namespace) -> int:
         rows = [(f"placeholder row {i + 1}", placeholder_row(task)) for i in range(min(args.n, 1))]
         print(f"# no --data: rendering placeholder values for {task.id}")
     bound = bind(template, task)
-    count = _token_counter(args.tokenizer)
-    if count is None:
+    counter = _token_counter(args.tokenizer)
+    if counter is None:
         print("# no --tokenizer: lengths are characters, not tokens")
     for where, fields in rows:
         out = render(bound, fields, where=where)
-        if count is not None:
-            lengths = f"{count(out.prompt)} + {count(out.answer)} tokens (prompt + answer)"
+        if counter is not None:
+            (tokens,) = counter.count([(out.prompt, out.answer)])
+            lengths = f"{tokens} tokens (BOS + prompt + answer + EOS, as build_sft counts a row)"
         else:
             lengths = f"{len(out.prompt)} + {len(out.answer)} characters (prompt + answer)"
         print(f"--- {where}: {lengths}")
@@ -333,19 +339,18 @@ def _data_rows(
     return task.info, [(ex.where, dict(ex.fields)) for ex in examples]
 
 
-def _token_counter(tokenizer_dir: Path | None) -> Any:
+def _token_counter(tokenizer_dir: Path | None) -> TokenCounter | None:
     if tokenizer_dir is None:
         return None
-    from transformers import AutoTokenizer
+    from llamagene.sft.lengths import TokenCounter
 
-    from llamagene.alphabets import encode_markup
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-
-    def count(text: str) -> int:
-        return len(tokenizer(encode_markup(text), add_special_tokens=False)["input_ids"])
-
-    return count
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if not (tokenizer_dir / name).is_file():
+            raise TemplateError(
+                f"--tokenizer {tokenizer_dir}: no {name}; give merge_vocab's tokenizer folder "
+                "(runs/<name>/merge_vocab/tokenizer)"
+            )
+    return TokenCounter(tokenizer_dir)
 
 
 def _example_task(template: PromptTemplate) -> TaskInfo:
