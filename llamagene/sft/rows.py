@@ -9,8 +9,8 @@
    (:mod:`llamagene.sft.leaks`: equal, reverse complement, contained, containing) is dropped and
    counted by kind; reverse-complement copies are checked like the rest. Test rows are never
    dropped, changed or reordered;
-3. **render**: each row gets one template, drawn by weight from a generator seeded by (seed,
-   task, split, row, copy); with ``eval_templates: all``, dev and test rows are rendered through
+3. **render**: each row gets one template, drawn by weight from a hash of (seed, task, split,
+   row, copy); with ``eval_templates: all``, dev and test rows are rendered through
    every template of their task;
 4. **length**: counted as fine-tuning sees it (:class:`~llamagene.sft.lengths.TokenCounter`). A
    row over ``max_tokens`` follows ``overflow`` (train) or ``eval_overflow`` (dev, test: by
@@ -21,22 +21,29 @@
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
+from llamagene.alphabets import SequenceKind
 from llamagene.errors import StageError
 from llamagene.sft.leaks import LEAK_KINDS, LeakIndex, LeakKind
-from llamagene.sft.lengths import FitRequest, TokenCounter, fit_windows
+from llamagene.sft.lengths import Pieces, TokenCounter, fit_window
 from llamagene.sft.recipe import LengthPolicy, TaskEntry
 from llamagene.tasks import Example, Signal, Split, Task, TaskInfo
 from llamagene.templates import PromptTemplate, Rendered, TemplateError, answer_fields, render
 
 #: Rows rendered and counted together (one SentencePiece batch).
 BATCH_ROWS = 512
+#: A region encoded for a long sequence is this much longer than the window expected to fit.
+REGION_MARGIN = 1.1
 #: Render-count-trim passes for a row whose text changes with its length (``{{ x | length }}``).
 TRIM_PASSES = 3
 
@@ -66,6 +73,9 @@ class _Row:
     out: Rendered | None = None
     tokens: int = 0
     trimmed: dict[str, dict[str, Any]] | None = None
+    region: tuple[int, int] | None = None
+    """Where a clearly too-long sequence was encoded instead of whole (``tokens`` then counts
+    that region only: the row is over the limit, by at least that much)."""
 
 
 @dataclass
@@ -106,7 +116,10 @@ class RowBuilder:
             batch = rows[start : start + BATCH_ROWS]
             for row in batch:
                 row.out = self._render(row)
-            self._count(batch)
+            if overflow == "trim":
+                self._count_to_trim(batch, info, signal)
+            else:
+                self._count(batch)
             over = [r for r in batch if r.tokens > self.policy.max_tokens]
             if over and overflow == "trim":
                 self._trim(over, info, signal)
@@ -118,6 +131,7 @@ class RowBuilder:
                 tally.templates[row.template.id if row.template else ""] += 1
                 tally.trimmed += row.trimmed is not None
                 yield _line(info.id, split, row)
+            self.counter.forget()
         tally.dropped_too_long = len(too_long)
         if too_long and overflow == "error":
             raise StageError(_overflow_message(info, split, too_long, len(rows), self.policy))
@@ -158,9 +172,12 @@ class RowBuilder:
     ) -> list[_Row]:
         if split != "train" and self.eval_templates == "all":
             return [_Row(r.example, r.tag, r.fields, template=t) for r in rows for t in templates]
-        for row in rows:
-            rng = random.Random(f"{self.seed}/{info.id}/{split}/{row.example.index}/{row.tag}")
-            row.template = rng.choices(templates, weights=[t.weight for t in templates])[0]
+        cumulative = list(accumulate(t.weight for t in templates))
+        for row in rows:  # a seeded draw per row: it keeps its template when others change
+            key = f"{self.seed}/{info.id}/{split}/{row.example.index}/{row.tag}".encode()
+            draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) / 2**64
+            pick = bisect.bisect_right(cumulative, draw * cumulative[-1])
+            row.template = templates[min(pick, len(templates) - 1)]
         return rows
 
     def _render(self, row: _Row) -> Rendered:
@@ -175,44 +192,83 @@ class RowBuilder:
         for row, n in zip(rows, self.counter.count(pairs), strict=True):
             row.tokens = n
 
+    def _count_to_trim(self, rows: Sequence[_Row], info: TaskInfo, signal: Signal) -> None:
+        """Count rows that may be trimmed. A row whose one sequence is clearly far over its
+        budget (by the letters per token seen so far) is encoded only on a region around its
+        signal, somewhat longer than the window that will fit: a long sequence costs what its
+        window costs, not its whole length. If the region turns out to fit, the whole sequence
+        is encoded after all; every row that is written has an exact count."""
+        limit = self.policy.max_tokens
+        parts = self.counter.text_parts([(r.out.prompt, r.out.answer) for r in rows if r.out])
+        if parts is None:  # counting whole texts: no parts to size a region by
+            self._count(rows)
+            return
+        exact: list[_Row] = []
+        regions: list[tuple[_Row, int, tuple[SequenceKind, str], int, int]] = []
+        for row, (text, sequences) in zip(rows, parts, strict=True):
+            name = _trimmable(row, info, signal)
+            kind = info.sequence_fields[name] if name else "dna"
+            ratio = self.counter.letters_per_token(kind)
+            sequence = row.fields[name] if name else ""
+            if ratio is None or sequences != [(kind, sequence)] or limit <= text:
+                exact.append(row)  # not one sequence alone in the row: count it whole
+                continue
+            size = math.ceil((limit - text) * ratio * REGION_MARGIN) + 16
+            if text + len(sequence) / ratio < limit * 1.2 or size >= len(sequence):
+                exact.append(row)
+                continue
+            start, end = signal.window(len(sequence), size)
+            regions.append((row, text, (kind, sequence[start:end]), start, end))
+        counts = self.counter.sequence_tokens([item for _, _, item, _, _ in regions])
+        for (row, text, _, start, end), tokens in zip(regions, counts, strict=True):
+            if text + tokens > limit + 2:  # over even on the region: over as a whole
+                row.tokens, row.region = text + tokens, (start, end)
+            else:
+                exact.append(row)
+        self._count(exact)
+
     def _trim(self, rows: list[_Row], info: TaskInfo, signal: Signal) -> None:
-        """Shorten each row's longest prompt sequence until the row fits; a row that cannot
-        fit is left over the limit (the caller drops or refuses it)."""
-        originals = [dict(r.fields) for r in rows]
-        names = {i: _trimmable(r, info, signal) for i, r in enumerate(rows)}
-        todo = {i: name for i, name in names.items() if name is not None}
-        kinds = {i: info.sequence_fields[name] for i, name in todo.items()}
-        whole = [(kinds[i], originals[i][name]) for i, name in todo.items()]
-        seq_tokens = dict(zip(todo, self.counter.sequence_tokens(whole), strict=True))
-        fixed = {i: rows[i].tokens - seq_tokens[i] for i in todo}  # all but the sequence
+        """Cut each row's longest prompt sequence to the window its signal places, as long as
+        the row fits; a row that cannot fit is left over the limit (the caller drops or
+        refuses it). The window's count comes from the sequence's own encoding (exact at piece
+        boundaries), so only the row's text around it is counted again."""
+        limit = self.policy.max_tokens
+        todo: dict[int, tuple[str, Pieces, int]] = {}
+        untrimmed = {i: (dict(r.fields), r.out, r.tokens) for i, r in enumerate(rows)}
+        for i, row in enumerate(rows):
+            name = _trimmable(row, info, signal)
+            if name is not None:
+                region = row.region or (0, -1)
+                pieces = self.counter.pieces(info.sequence_fields[name], row.fields[name], *region)
+                todo[i] = (name, pieces, row.tokens - pieces.tokens)  # the row without it
         excess = dict.fromkeys(todo, 0)
         for _ in range(TRIM_PASSES):
-            min_chars = self.policy.min_sequence_chars
-            budgets = {i: self.policy.max_tokens - fixed[i] - excess[i] for i in excess}
-            requests = [
-                FitRequest(kinds[i], originals[i][todo[i]], seq_tokens[i], budgets[i], signal,
-                           min_chars)
-                for i in excess
-            ]  # fmt: skip
             fitted = []
-            for i, window in zip(excess, fit_windows(self.counter, requests), strict=True):
-                if window is None:
+            for i in excess:
+                name, pieces, fixed = todo[i]
+                original = untrimmed[i][0]
+                sequence = original[name]
+                fit = fit_window(pieces, len(sequence), limit - fixed - excess[i], signal,
+                                 self.policy.min_sequence_chars)  # fmt: skip
+                if fit is None:
                     continue
-                start, end = window
-                sequence = originals[i][todo[i]]
+                window = sequence[fit.start : fit.end]
+                self.counter.remember(info.sequence_fields[name], window, fit.tokens)
                 row = rows[i]
-                row.fields = {**originals[i], todo[i]: sequence[start:end]}
+                row.fields = {**original, name: window}
                 row.out = self._render(row)
-                row.trimmed = {todo[i]: {"length": len(sequence), "kept": [start, end]}}
+                row.trimmed = {name: {"length": len(sequence), "kept": [fit.start, fit.end]}}
                 fitted.append(i)
             self._count([rows[i] for i in fitted])
-            over = [i for i in fitted if rows[i].tokens > self.policy.max_tokens]
-            # the text around the sequence changed with it ({{ x | length }}): ask for less
-            excess = {i: excess[i] + rows[i].tokens - self.policy.max_tokens for i in over}
+            # a row still over: its text changed with the sequence ({{ x | length }})
+            excess = {i: excess[i] + rows[i].tokens - limit for i in fitted
+                      if rows[i].tokens > limit}  # fmt: skip
             if not excess:
-                return
-        for i in excess:
-            rows[i].fields, rows[i].trimmed = originals[i], None
+                break
+        for i, row in enumerate(rows):
+            if row.tokens > limit:
+                row.fields, row.out, row.tokens = untrimmed[i]
+                row.trimmed = None
 
 
 def _trimmable(row: _Row, info: TaskInfo, signal: Signal) -> str | None:

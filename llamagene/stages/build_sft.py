@@ -34,7 +34,7 @@ import multiprocessing
 import os
 import random
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,19 +211,31 @@ def _run_job(index: int) -> SplitCounts:
     return tally
 
 
-def _run_jobs(state: _WorkerState, workers: int) -> Iterator[SplitCounts]:
-    """The jobs' counts in job order, from ``workers`` forked processes (or this one)."""
+def _run_jobs(state: _WorkerState, workers: int) -> list[SplitCounts]:
+    """The jobs' counts in job order, from ``workers`` forked processes (or this one). The
+    biggest jobs start first, so one large split (GUE's covid training rows) does not run alone
+    at the end while the other workers wait."""
     global _STATE
     _STATE = state
     try:
         if workers <= 1:
-            yield from map(_run_job, range(len(state.jobs)))
-            return
+            return list(map(_run_job, range(len(state.jobs))))
+        order = sorted(range(len(state.jobs)), key=lambda i: -_job_size(state.jobs[i]))
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            yield from pool.map(_run_job, range(len(state.jobs)))
+            tallies = dict(zip(order, pool.map(_run_job, order), strict=True))
+        return [tallies[i] for i in range(len(state.jobs))]
     finally:
         _STATE = None
+
+
+def _job_size(job: _Job) -> int:
+    """Bytes of the split's file (a guide to its cost; 0 when it is not one file)."""
+    path = job.task.files().get(f"{job.task.info.id}/{job.split}")
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
 
 
 def _leak_index(recipe: SftRecipe, tasks: Sequence[Task]) -> LeakIndex | None:

@@ -149,6 +149,8 @@ _ALLOWED: dict[SequenceKind, dict[int, None]] = {
     "dna": dict.fromkeys(map(ord, "ACGTNU" + _IUPAC_TO_N + "acgtnu" + _IUPAC_TO_N.lower())),
     "protein": dict.fromkeys(map(ord, PROTEIN_LETTERS + PROTEIN_LETTERS.lower())),
 }
+#: Letters that need no change: a sequence made of these alone is returned as it is.
+_CANONICAL: dict[SequenceKind, str] = {"dna": "ACGTN", "protein": PROTEIN_LETTERS}
 _DNA_MAP = str.maketrans("U" + _IUPAC_TO_N, "T" + "N" * len(_IUPAC_TO_N))
 
 
@@ -164,6 +166,8 @@ def normalise_sequence(text: str, kind: SequenceKind, where: str, field_name: st
     seq = text.strip()
     if kind == "protein" and seq.endswith("*"):
         seq = seq[:-1]
+    if seq and not seq.strip(_CANONICAL[kind]):  # the common case, checked at C speed
+        return seq
     if not seq:
         raise TaskDataError(where, f"field '{field_name}': empty {kind} sequence")
     leftover = seq.translate(_ALLOWED[kind])

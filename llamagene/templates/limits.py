@@ -112,7 +112,32 @@ def current_budget() -> Budget:
 
 
 def sized(value: object) -> int | None:
-    return len(value) if isinstance(value, str | list | tuple | dict | set) else None
+    """The characters a value would write: a string's length; a collection's items and the
+    characters of its strings (a list of a thousand 90,000-letter strings is big)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return len(value) + sum(len(x) for x in value if isinstance(x, str))
+    if isinstance(value, dict):
+        strings = [x for pair in value.items() for x in pair if isinstance(x, str)]
+        return len(value) + sum(map(len, strings))
+    return None
+
+
+def materialize(budget: Budget, value: Any, what: str) -> Any:
+    """A lazy iterable (``map``, ``select``, a generator) as a list, built under the budget:
+    an estimate cannot look inside it, so its items are counted as they come."""
+    if isinstance(value, str | bytes | Mapping) or sized(value) is not None:
+        return value
+    if not isinstance(value, Iterator):
+        return value
+    items, size = [], 0
+    for item in value:
+        budget.tick()
+        size += 1 + (len(item) if isinstance(item, str) else 0)
+        budget.check_size(size, what)
+        items.append(item)
+    return items
 
 
 def check_value(budget: Budget, value: object, what: str) -> None:
@@ -143,11 +168,25 @@ def _int_arguments(budget: Budget, values: Iterable[object], what: str) -> None:
 _NUMBER = re.compile(r"\d+")
 
 
-def check_format_string(budget: Budget, fmt: str) -> None:
-    """``'%0999999999d' % 1`` and ``'{:>999999999}'.format(1)``: widths over the limit."""
+def check_format_string(budget: Budget, fmt: str, values: Iterable[object] = ()) -> None:
+    """``'%0999999999d' % 1`` and ``'{:>999999999}'.format(1)``: widths over the limit; and
+    ``('{0}' * 50000).format(sequence)``: a value written once per field of the format."""
     for digits in _NUMBER.findall(fmt):
         if len(digits) > 12 or int(digits) > budget.max_chars:
             raise RenderLimitError(f"a format width of {digits} is over the output limit")
+    longest = max((text_length(v) for v in _flat(values)), default=0)
+    fields = fmt.count("{") + fmt.count("%")
+    budget.check_size(len(fmt) + fields * longest, "a formatted string")
+
+
+def _flat(values: Iterable[object]) -> Iterator[object]:
+    for value in values:
+        if isinstance(value, dict):
+            yield from value.values()
+        elif isinstance(value, tuple | list):
+            yield from value
+        else:
+            yield value
 
 
 def text_length(value: object) -> int:
@@ -188,7 +227,7 @@ def check_str_method(budget: Budget, obj: Any, args: Sequence[Any], kwargs: Any)
         return
     name = getattr(method, "__name__", "")
     if name in ("format", "format_map"):
-        check_format_string(budget, owner)
+        check_format_string(budget, owner, (*args, *kwargs.values()))
     elif name in _PADDING_METHODS:
         _int_arguments(budget, (*args, *kwargs.values()), f"str.{name}")
         if name == "expandtabs" and args and isinstance(args[0], int):
@@ -215,6 +254,10 @@ def guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         budget = current_budget()
         budget.tick()
+        first = next((i for i, a in enumerate(args) if not isinstance(a, _PASSED)), None)
+        if first is not None:  # the filtered value: a lazy iterable is counted as it comes
+            args = (*args[:first], materialize(budget, args[first], f"the {name} filter's input"),
+                    *args[first + 1 :])  # fmt: skip
         values = [a for a in (*args, *kwargs.values()) if not isinstance(a, _PASSED)]
         for value in values:
             check_value(budget, value, f"an argument of the {name} filter")
@@ -223,7 +266,7 @@ def guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         if estimate is not None and values:
             budget.check_size(estimate(values[0], values[1:], kwargs), f"the {name} filter")
         if name == "format" and values and isinstance(values[0], str):
-            check_format_string(budget, values[0])
+            check_format_string(budget, values[0], values[1:])
         result = func(*args, **kwargs)
         check_value(budget, result, f"the {name} filter")
         return result

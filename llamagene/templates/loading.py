@@ -200,13 +200,49 @@ def _template_files(
     return files
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """What loading one file gave, and the stats of every file read for it."""
+
+    templates: list[PromptTemplate]
+    problems: list[LintProblem]
+    stamp: tuple[tuple[str, str], ...]
+
+
+#: A file is parsed again only when it or one of its includes changed: a run loads the
+#: templates several times (inputs, checks, the stage itself).
+_PARSED: dict[Path, _Parsed] = {}
+
+
+def _stamp(paths: Sequence[Path]) -> tuple[tuple[str, str], ...]:
+    """Each file's content digest (reading a small file costs far less than parsing it)."""
+    stamps = []
+    for path in paths:
+        try:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        except OSError:
+            digest = ""
+        stamps.append((str(path), digest))
+    return tuple(stamps)
+
+
 def _load_file(path: Path) -> tuple[list[PromptTemplate], list[LintProblem]]:
+    key = path.resolve()
+    cached = _PARSED.get(key)
+    if cached is None or _stamp([Path(p) for p, _ in cached.stamp]) != cached.stamp:
+        included: list[Path] = []
+        templates, problems = _parse_file(path, included)
+        cached = _PARSED[key] = _Parsed(templates, problems, _stamp([path, *included]))
+    return list(cached.templates), list(cached.problems)
+
+
+def _parse_file(path: Path, included: list[Path]) -> tuple[list[PromptTemplate], list[LintProblem]]:
+    """The templates of one file, and its problems; ``included`` gets every include read."""
     where = show_path(path)
     problems: list[str] = []
     raw = _read_yaml(path, problems)
     if raw is None:
         return [], [LintProblem(where, "", p) for p in problems]
-    included: list[Path] = []
     defaults, variables = _resolve_includes(path, raw, (path.resolve(),), problems, included)
     entries = raw.get("templates")
     if not isinstance(entries, list) or not entries:

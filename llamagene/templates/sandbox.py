@@ -48,6 +48,7 @@ from llamagene.templates.limits import (
     finalize_output,
     guard_filter,
     loop_steps,
+    materialize,
     sized,
     text_length,
 )
@@ -86,7 +87,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         elif operator == "+" and sized(left) is not None and sized(right) is not None:
             budget.check_size(text_length(left) + text_length(right), "a sum")
         elif operator == "%" and isinstance(left, str):
-            check_format_string(budget, left)
+            check_format_string(budget, left, [right])
         result = super().call_binop(context, operator, left, right)
         check_value(budget, result, f"the result of {operator!r}")
         return result
@@ -95,6 +96,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         budget = current_budget()
         budget.tick()
         name = getattr(__obj, "__name__", "a call")
+        args = tuple(materialize(budget, a, f"an argument of {name}") for a in args)
         for value in (*args, *kwargs.values()):
             check_value(budget, value, f"an argument of {name}")
         check_str_method(budget, __obj, args, kwargs)

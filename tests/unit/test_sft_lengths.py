@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llamagene.sft.lengths import FitRequest, TokenCounter, fit_windows
+from llamagene.alphabets import SequenceKind
+from llamagene.sft.lengths import TokenCounter, fit_window
 from llamagene.tasks import Signal
 
 
@@ -64,41 +65,36 @@ def test_signal_windows_keep_the_declared_part(signal: Signal, where: str) -> No
     assert Signal("centre").window(50, 80) == (0, 50)  # never longer than the sequence
 
 
-def test_fit_windows_finds_a_near_longest_window_that_fits(counter: TokenCounter) -> None:
-    """Every window fits its budget, sits where its signal says, and is within two tokens'
-    worth of bases of the longest window below the shortest that does not fit (found here by
-    trying every length)."""
+def test_windows_cut_at_piece_boundaries_count_exactly(counter: TokenCounter) -> None:
+    """A window cut at the whole sequence's piece boundaries encodes as exactly those pieces,
+    N (three byte pieces for one letter) included; fit_window finds the longest such window
+    that fits, wherever its signal puts it."""
     rng = random.Random(7)
-    requests = []
+    signals = [Signal("centre"), Signal("start"), Signal("end"), Signal("position", 249)]
     for i in range(60):
-        seq = "".join(rng.choices("ACGT", k=rng.randint(60, 900)))
-        (tokens,) = counter.sequence_tokens([("dna", seq)])
-        signal = [Signal("centre"), Signal("start"), Signal("position", 249)][i % 3]
-        requests.append(FitRequest("dna", seq, tokens, max(15, tokens // rng.randint(2, 6)),
-                                   signal, 20))  # fmt: skip
-    windows = fit_windows(counter, requests)
-    for request, window in zip(requests, windows, strict=True):
-        assert window is not None
-        start, end = window
-        assert (start, end) == request.signal.window(len(request.sequence), end - start)
-        (fits,) = counter.sequence_tokens([("dna", request.sequence[start:end])])
-        assert fits <= request.budget
-        first_over = min(
-            n for n in range(request.min_chars, len(request.sequence) + 1)
-            if counter.sequence_tokens([("dna", request.sequence[slice(*request.signal.window(
-                len(request.sequence), n))])])[0] > request.budget
-        )  # fmt: skip
-        longest = first_over - 1  # counts are not monotone in length: the first run that fits
-        bases_per_token = len(request.sequence) / request.tokens
-        assert end - start >= longest - 2 * bases_per_token
+        kind: SequenceKind = "dna" if i % 4 else "protein"
+        letters = "ACGTN" if kind == "dna" else "ACDEFGHIKLMNPQRSTVWYXBZ"
+        seq = "".join(rng.choices(letters, k=rng.randint(60, 700)))
+        pieces = counter.pieces(kind, seq)
+        assert pieces.offsets[0] == 0 and pieces.offsets[-1] == len(seq)
+        assert pieces.tokens == counter.sequence_tokens([(kind, seq)])[0]
+        signal = signals[i % 4]
+        budget = max(60, pieces.tokens // rng.randint(2, 6))
+        fit = fit_window(pieces, len(seq), budget, signal, 20)
+        assert fit is not None and fit.tokens <= budget and fit.end - fit.start >= 20
+        counter.forget()
+        (encoded,) = counter.sequence_tokens([(kind, seq[fit.start : fit.end])])
+        assert encoded == fit.tokens  # exact, without encoding the window
+        a, b = signal.window(len(seq), fit.end - fit.start)  # where the signal puts it
+        assert abs(fit.start - a) <= 12 and abs(fit.end - b) <= 12
+        spans = [pieces.span(*signal.window(len(seq), n)) for n in range(20, len(seq))]
+        longest = max(end - start for start, end, tokens in spans if tokens <= budget)
+        assert fit.end - fit.start == longest
 
 
-def test_fit_windows_refuses_what_cannot_fit(counter: TokenCounter) -> None:
+def test_fit_window_refuses_what_cannot_fit(counter: TokenCounter) -> None:
     seq = "ACGTTGCAAGGCTTAACG" * 20
-    (tokens,) = counter.sequence_tokens([("dna", seq)])
-    whole, tiny, short = fit_windows(counter, [
-        FitRequest("dna", seq, tokens, tokens // 2, Signal("whole"), 20),  # never trimmed
-        FitRequest("dna", seq, tokens, 1, Signal("centre"), 20),  # 20 bases need more
-        FitRequest("dna", seq, tokens, 0, Signal("centre"), 20),
-    ])  # fmt: skip
-    assert whole is None and tiny is None and short is None
+    pieces = counter.pieces("dna", seq)
+    assert fit_window(pieces, len(seq), pieces.tokens // 2, Signal("whole"), 20) is None
+    assert fit_window(pieces, len(seq), 1, Signal("centre"), 20) is None  # 20 bases need more
+    assert fit_window(pieces, len(seq), 0, Signal("centre"), 20) is None
