@@ -61,9 +61,11 @@ KNOWN_METRICS = frozenset({
     "accuracy", "mcc", "f1", "f1_macro", "precision", "recall", "auroc", "spearman", "pearson",
     "mse", "mae", "exact_match", "bleu", "rouge_l",
 })  # fmt: skip
-#: A length written as a number in the template's own text: "300 bp", "20 amino acids".
+#: A length written as a number in the template's own text: "300 bp", "20 amino acids". One-digit
+#: numbers are facts of biology, not sequence lengths ("a codon is 3 nucleotides").
 CONSTANT_LENGTH = re.compile(
-    r"\b\d[\d,]*\s*(?:bp|kb|nt|aa|bases?|base pairs?|nucleotides?|residues?|amino acids?)\b",
+    r"\b[1-9](?:\d|,\d{3})+\s*"
+    r"(?:bp|kb|nt|aa|bases?|base pairs?|nucleotides?|residues?|amino acids?)\b",
     re.IGNORECASE,
 )
 _MARKUP_SPAN = re.compile(r"<(dna|protein)>.*?</\1>", re.DOTALL)
