@@ -366,6 +366,10 @@ def _versions() -> dict[str, str]:
 
 
 def _git_commit() -> str:
+    from llamagene.shipped import is_checkout
+
+    if not is_checkout():  # an installed copy: a git folder above it is not llamagene's
+        return ""
     repo = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(

@@ -259,27 +259,20 @@ def _leak_index(recipe: SftRecipe, tasks: Sequence[Task]) -> LeakIndex | None:
 
 
 def _write_shuffled(shards: Sequence[Path], out_path: Path, seed: int) -> None:
-    """All lines of ``shards`` in a seeded random order, holding only line offsets in memory."""
-    import mmap
-
-    maps: dict[int, mmap.mmap] = {}
+    """All lines of ``shards`` in a seeded random order, holding only line offsets in memory
+    (lines are read back with ``pread``, so the shards never sit in this process's memory)."""
     refs: list[tuple[int, int, int]] = []
     with contextlib.ExitStack() as stack:
-        for shard_no, shard in enumerate(shards):
-            if shard.stat().st_size == 0:  # mmap refuses empty files
-                continue
-            handle = stack.enter_context(shard.open("rb"))
-            data = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            maps[shard_no] = data
+        handles = [stack.enter_context(shard.open("rb")) for shard in shards]
+        for shard_no, handle in enumerate(handles):
             start = 0
-            while start < len(data):
-                end = data.find(b"\n", start) + 1
-                refs.append((shard_no, start, end))
-                start = end
+            for line in handle:
+                refs.append((shard_no, start, len(line)))
+                start += len(line)
         random.Random(seed).shuffle(refs)
         with out_path.open("wb") as out:
-            for shard_no, start, end in refs:
-                out.write(maps[shard_no][start:end])
+            for shard_no, start, size in refs:
+                out.write(os.pread(handles[shard_no].fileno(), size, start))
 
 
 def _concatenate(shards: Sequence[Path], out_path: Path) -> None:
