@@ -97,19 +97,25 @@ class BuildSft:
     def check(self, cfg: BuildSftConfig) -> list[str]:
         from llamagene.sft.recipe import load_sft_recipe
         from llamagene.templates import TemplateError, load_templates
+        from llamagene.templates.lock import LOCK_NAME, check_locked
 
         problems: list[str] = []
+        recipe = None
         try:
-            load_sft_recipe(cfg.recipe)
+            recipe = load_sft_recipe(cfg.recipe)
         except ConfigError as err:
             problems += [f"recipe ({err.source}): {p}" for p in err.problems]
         if not cfg.templates_dir.is_dir():
             problems.append(f"templates_dir: {cfg.templates_dir} is not a folder")
-        else:
-            try:
-                load_templates(cfg.templates_dir)
-            except TemplateError as err:
-                problems.append(f"templates_dir: {err}")
+            return problems
+        try:
+            load_templates(cfg.templates_dir)
+            if recipe is not None:  # the templates the tasks use must match the lock
+                check_locked(_used_templates(cfg, recipe), cfg.templates_dir / LOCK_NAME)
+        except TemplateError as err:
+            problems.append(f"templates_dir: {err}")
+        except LlamageneError as err:
+            problems.append(str(err))
         return problems
 
     def run(self, cfg: BuildSftConfig, ctx: StageContext) -> None:
@@ -299,26 +305,32 @@ def _choose_templates(
     return candidates
 
 
+def _used_templates(cfg: BuildSftConfig, recipe: SftRecipe) -> list[PromptTemplate]:
+    """The templates the recipe's tasks use (reads the tasks' headers, not their rows)."""
+    from llamagene.tasks.registry import load_tasks
+    from llamagene.templates import load_templates
+
+    templates = load_templates(cfg.templates_dir)
+    used: dict[str, PromptTemplate] = {}
+    for entry in recipe.tasks:
+        for task in load_tasks([entry.data]):
+            for tpl in _choose_templates(task.info, templates, entry.templates):
+                used.setdefault(tpl.id, tpl)
+    return list(used.values())
+
+
 def _template_inputs(cfg: BuildSftConfig, recipe: SftRecipe) -> dict[str, Path]:
     """The template files the recipe's tasks use (with includes) and the lock, by their path
     under ``templates_dir``; every template file when the tasks cannot be read yet (the run
     reports why)."""
-    from llamagene.tasks import TaskDataError
-    from llamagene.tasks.registry import load_tasks
-    from llamagene.templates import TemplateError, load_templates
     from llamagene.templates.lock import LOCK_NAME
 
     root = cfg.templates_dir
     if not root.is_dir():
         return {}
     try:
-        templates = load_templates(root)
-        files: set[Path] = {root / LOCK_NAME}
-        for entry in recipe.tasks:
-            for task in load_tasks([entry.data]):
-                for tpl in _choose_templates(task.info, templates, entry.templates):
-                    files.update(tpl.files)
-    except (LlamageneError, TaskDataError, TemplateError, OSError):
+        files = {root / LOCK_NAME, *(f for t in _used_templates(cfg, recipe) for f in t.files)}
+    except (LlamageneError, OSError):
         files = {p for p in root.rglob("*") if p.suffix == ".yaml" or p.name == LOCK_NAME}
     return {
         p.resolve().relative_to(root.resolve()).as_posix(): p for p in sorted(files) if p.is_file()

@@ -10,7 +10,9 @@ The package, by job:
 
 - :mod:`.loading`: read template files and their includes (:func:`load_templates`);
 - :mod:`.rendering`: pick a task's templates, bind them to it, render rows (:func:`render`);
-- :mod:`.sandbox`: the Jinja sandbox, the sequence filters and the limits on one render;
+- :mod:`.sandbox` and :mod:`.limits`: the Jinja sandbox, the sequence filters, and the limits
+  on what one render may cost;
+- :mod:`.problems`: :class:`TemplateError` and :class:`LintProblem`, one line each;
 - :mod:`.lint` and :mod:`.placeholders`: checks that need no training, on real or made-up rows;
 - :mod:`.lock`: ``templates.lock.json``, which pins each version to one text;
 - :mod:`.cli`: ``llamagene templates ls | show | new | lint | preview``.
@@ -25,14 +27,12 @@ sequence: ``build_sft``'s length rule trims, by the task's declared signal, and 
 from llamagene.templates.loading import (
     BOUND_VARIABLES,
     CLASSIFICATION,
-    LintProblem,
     PromptTemplate,
-    TemplateError,
     collect_templates,
     load_templates,
     shipped_templates_dir,
-    show_path,
 )
+from llamagene.templates.problems import LintProblem, TemplateError, show_path
 from llamagene.templates.rendering import (
     Rendered,
     answer_fields,

@@ -31,13 +31,13 @@ from llamagene.tasks import SPLITS, TASK_TYPES, TaskInfo
 from llamagene.templates.lint import lint
 from llamagene.templates.loading import (
     PromptTemplate,
-    TemplateError,
     collect_templates,
     load_templates,
     shipped_templates_dir,
 )
 from llamagene.templates.lock import LOCK_NAME, lock_text, read_lock, write_lock
 from llamagene.templates.placeholders import placeholder_row, placeholder_task
+from llamagene.templates.problems import TemplateError
 from llamagene.templates.rendering import bind, render, templates_for
 
 if TYPE_CHECKING:

@@ -31,15 +31,10 @@ from typing import Any
 from jinja2 import nodes
 
 from llamagene.tasks import TaskInfo
-from llamagene.templates.loading import (
-    BOUND_VARIABLES,
-    LintProblem,
-    PromptTemplate,
-    TemplateError,
-    show_path,
-)
+from llamagene.templates.loading import BOUND_VARIABLES, PromptTemplate
 from llamagene.templates.lock import lock_problems
 from llamagene.templates.placeholders import SEQUENCE_FILTERS, placeholder_row, placeholder_task
+from llamagene.templates.problems import LintProblem, TemplateError, show_path
 from llamagene.templates.rendering import (
     Rendered,
     applies,

@@ -25,8 +25,9 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from llamagene.config import load_yaml
-from llamagene.errors import ConfigError, LlamageneError
+from llamagene.errors import ConfigError
 from llamagene.tasks import TaskInfo, TaskType
+from llamagene.templates.problems import LintProblem, TemplateError, show_path
 from llamagene.templates.sandbox import Refused, source_variables
 
 CLASSIFICATION: frozenset[TaskType] = frozenset({"binary", "multiclass", "multilabel"})
@@ -34,20 +35,6 @@ FROM_TASK = "from_task"
 #: Variables of a bound template beyond the row's fields (see the module docstring).
 BOUND_VARIABLES = frozenset({"task_id", "task_description", "inputs", "target", "target_sequence"})
 _ID = r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*"
-
-
-class TemplateError(LlamageneError):
-    """A template cannot be loaded or rendered; the message names the file and template id."""
-
-    def __init__(
-        self, reason: str, *, path: Path | str | None = None, template_id: str | None = None
-    ) -> None:
-        self.reason = reason
-        self.path = path
-        self.template_id = template_id
-        where = f"{show_path(path)}: " if path is not None else ""
-        where += f"template {template_id}: " if template_id else ""
-        super().__init__(where + reason)
 
 
 @dataclass(frozen=True)
@@ -90,24 +77,6 @@ class PromptTemplate:
 
     def matches(self, task_id: str) -> bool:
         return self.task == task_id or (self.is_pattern and fnmatchcase(task_id, self.task))
-
-
-@dataclass(frozen=True)
-class LintProblem:
-    """One problem; ``lock`` problems are the ones ``lint --update-lock`` fixes; a ``warning``
-    is shown but does not fail ``lint``."""
-
-    path: str
-    template_id: str
-    message: str
-    lock: bool = False
-    warning: bool = False
-
-    def __str__(self) -> str:
-        message = f"warning: {self.message}" if self.warning else self.message
-        if self.template_id:
-            return f"{self.path}: {self.template_id}: {message}"
-        return f"{self.path}: {message}"
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -412,14 +381,3 @@ def _text_hash(spec: _Spec) -> str:
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
-
-
-def show_path(path: Path | str | None) -> str:
-    """A path relative to the working directory where it lies below it."""
-    if path is None:
-        return ""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(p)

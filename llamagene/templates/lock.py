@@ -16,7 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llamagene.templates.loading import LintProblem, PromptTemplate, TemplateError, show_path
+from llamagene.templates.loading import PromptTemplate
+from llamagene.templates.problems import LintProblem, TemplateError, show_path
 
 LOCK_NAME = "templates.lock.json"
 LOCK_FORMAT = "llamagene-templates-lock"

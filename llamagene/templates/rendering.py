@@ -21,11 +21,8 @@ from jinja2.exceptions import SecurityError
 
 from llamagene.tasks import TaskInfo
 from llamagene.templates.limits import RenderLimitError
-from llamagene.templates.loading import (
-    BOUND_VARIABLES,
-    PromptTemplate,
-    TemplateError,
-)
+from llamagene.templates.loading import BOUND_VARIABLES, PromptTemplate
+from llamagene.templates.problems import TemplateError
 from llamagene.templates.sandbox import (
     MARKUP_TAG,
     Refused,

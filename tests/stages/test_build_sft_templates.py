@@ -16,9 +16,9 @@ import pytest
 import yaml
 from conftest import FIXTURES, write_pipeline
 
-from llamagene.errors import StageError
+from llamagene.errors import ConfigError, StageError
 from llamagene.pipeline import load_pipeline
-from llamagene.templates import load_templates, show_path
+from llamagene.templates import TemplateError, load_templates, show_path
 from llamagene.templates.limits import LIMITS
 from llamagene.templates.lock import LOCK_NAME, write_lock
 
@@ -111,6 +111,24 @@ def _refusal(workspace: Path, folder: Path) -> str:
     return message
 
 
+def _lock_refusal(workspace: Path, folder: Path) -> str:
+    """A template out of step with the lock is refused before anything runs (``llamagene
+    validate`` and ``run`` check it), in one line naming the template and the fix; the stage
+    itself checks again before it renders."""
+    with pytest.raises(ConfigError) as caught:
+        _build(workspace, folder)
+    (problem,) = caught.value.problems
+    assert problem.startswith("stages.build_sft: templates_dir: ") and "\n" not in problem
+    from llamagene.templates import load_templates
+    from llamagene.templates.lock import check_locked
+
+    with pytest.raises(TemplateError) as again:  # what run() raises as a StageError
+        check_locked(load_templates(folder), folder / LOCK_NAME)
+    message = problem.removeprefix("stages.build_sft: templates_dir: ")
+    assert str(again.value) == message
+    return message
+
+
 # --- the issue's hostile cases ------------------------------------------------------------------
 
 
@@ -138,14 +156,14 @@ def test_an_edited_text_needs_a_version_bump_and_the_lock(workspace: Path, tmp_p
     _lock(folder)
     edited = PROMPT.replace("Is this DNA a promoter?", "Does this DNA start a gene?")
     _templates(folder, _entry("table/promoter/question", edited))
-    message = _refusal(workspace, folder)
+    message = _lock_refusal(workspace, folder)
     assert message == (
         f"{show_path(path)}: template table/promoter/question: its text differs from the text "
         f"{LOCK_NAME} records for version 1: set version: 2, then run `llamagene templates lint "
         "--update-lock`"
     )
     _templates(folder, _entry("table/promoter/question", edited, version=2))
-    message = _refusal(workspace, folder)  # bumped, but the lock still says version 1
+    message = _lock_refusal(workspace, folder)  # bumped, but the lock still says version 1
     assert message == (
         f"{show_path(path)}: template table/promoter/question: {LOCK_NAME} records version 1, "
         "not 2: run `llamagene templates lint --update-lock`"
@@ -164,7 +182,7 @@ def test_a_template_missing_from_the_lock_is_refused(workspace: Path, tmp_path: 
     _lock(folder)
     second = _entry("table/promoter/short", "Promoter? {{ seq | dna }}\nyes or no:")
     path = _templates(folder, _entry("table/promoter/question", PROMPT), second)
-    message = _refusal(workspace, folder)
+    message = _lock_refusal(workspace, folder)
     assert message == (
         f"{show_path(path)}: template table/promoter/short: not in {LOCK_NAME}: lint it, then "
         "run `llamagene templates lint --update-lock`"
@@ -174,7 +192,7 @@ def test_a_template_missing_from_the_lock_is_refused(workspace: Path, tmp_path: 
 def test_a_templates_folder_without_a_lock_is_refused(workspace: Path, tmp_path: Path) -> None:
     folder = tmp_path / "templates"
     _templates(folder, _entry("table/promoter/question", PROMPT))
-    message = _refusal(workspace, folder)
+    message = _lock_refusal(workspace, folder)
     assert message == (
         f"{show_path(folder / LOCK_NAME)}: no {LOCK_NAME} beside the templates: every "
         "template's version must be recorded before build_sft renders it; run `llamagene "
