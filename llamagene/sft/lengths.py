@@ -41,6 +41,8 @@ log = logging.getLogger("llamagene")
 
 #: Tokens a row has beyond its prompt and answer: BOS and EOS.
 SPECIAL_TOKENS = 2
+#: A row's text tokens (BOS and EOS included) and its sequences, in order, not yet encoded.
+RowParts = tuple[int, list[tuple[SequenceKind, str]]]
 
 
 class TokenCounter:
@@ -74,18 +76,28 @@ class TokenCounter:
         self._calls = 0
         self.by_parts = True
 
-    def count(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Tokens of each (prompt, answer) row with sequence markup: BOS + both + EOS."""
-        texts = [t for pair in pairs for t in pair]
-        counts = self._by_parts(texts) if self.by_parts else self._whole(texts)
-        if self.by_parts and (self._calls == 0 or self._calls % 25 == 0):
-            sample = texts[:64]
-            if counts[: len(sample)] != self._whole(sample):
+    def count(
+        self, pairs: Sequence[tuple[str, str]], parts: Sequence[RowParts] | None = None
+    ) -> list[int]:
+        """Tokens of each (prompt, answer) row with sequence markup: BOS + both + EOS.
+        ``parts`` (from :meth:`text_parts` for these rows) saves splitting them again."""
+        if not self.by_parts:
+            return self._count_whole(pairs)
+        parts = parts if parts is not None else self._split(pairs)
+        seq_counts = iter(self.sequence_tokens([s for _, seqs in parts for s in seqs]))
+        counts = [text + sum(next(seq_counts) for _ in seqs) for text, seqs in parts]
+        if self._calls % 25 == 0:  # the parts rule, checked on a sample against whole texts
+            sample = list(pairs[:32])
+            if counts[: len(sample)] != self._count_whole(sample):
                 log.warning("build_sft: counting by parts disagrees; counting whole texts")
                 self.by_parts = False
-                counts = self._whole(texts)
+                counts = self._count_whole(pairs)
         self._calls += 1
-        return [counts[2 * i] + counts[2 * i + 1] + SPECIAL_TOKENS for i in range(len(pairs))]
+        return counts
+
+    def _count_whole(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        whole = self._whole([t for pair in pairs for t in pair])
+        return [whole[2 * i] + whole[2 * i + 1] + SPECIAL_TOKENS for i in range(len(pairs))]
 
     def count_plain(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens of each (prompt, answer) row of plain text (no markup is read)."""
@@ -116,13 +128,12 @@ class TokenCounter:
         letters, tokens = self._seen[kind]
         return letters / tokens if letters >= 20_000 and tokens else None
 
-    def text_parts(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> list[tuple[int, list[tuple[SequenceKind, str]]]] | None:
+    def text_parts(self, pairs: Sequence[tuple[str, str]]) -> list[RowParts] | None:
         """Per (prompt, answer) row: the tokens of everything but its sequences (BOS and EOS
         included), and the sequences; None when counting by parts is off."""
-        if not self.by_parts:
-            return None
+        return self._split(pairs) if self.by_parts else None
+
+    def _split(self, pairs: Sequence[tuple[str, str]]) -> list[RowParts]:
         out = []
         for prompt, answer in pairs:
             tokens, sequences = SPECIAL_TOKENS, []
@@ -180,16 +191,6 @@ class TokenCounter:
             [encode_markup(t) for t in texts], add_special_tokens=False
         )
         return [len(e) for e in encoded]
-
-    def _by_parts(self, texts: Sequence[str]) -> list[int]:
-        parts = [split_markup(t) for t in texts]
-        seq_counts = iter(self.sequence_tokens([s for p in parts for s in p.sequences]))
-        counts = []
-        for p in parts:
-            n = sum(self._text_count(text, i == 0) for i, text in enumerate(p.texts))
-            n += sum(next(seq_counts) for _ in p.sequences)
-            counts.append(n)
-        return counts
 
     def _text_count(self, text: str, at_start: bool) -> int:
         key = (text, at_start)

@@ -188,8 +188,7 @@ class RowBuilder:
             raise StageError(str(err)) from None
 
     def _count(self, rows: Sequence[_Row]) -> None:
-        pairs = [(r.out.prompt, r.out.answer) for r in rows if r.out is not None]
-        for row, n in zip(rows, self.counter.count(pairs), strict=True):
+        for row, n in zip(rows, self.counter.count([_pair(r) for r in rows]), strict=True):
             row.tokens = n
 
     def _count_to_trim(self, rows: Sequence[_Row], info: TaskInfo, signal: Signal) -> None:
@@ -199,33 +198,36 @@ class RowBuilder:
         window costs, not its whole length. If the region turns out to fit, the whole sequence
         is encoded after all; every row that is written has an exact count."""
         limit = self.policy.max_tokens
-        parts = self.counter.text_parts([(r.out.prompt, r.out.answer) for r in rows if r.out])
+        parts = self.counter.text_parts([_pair(r) for r in rows])
         if parts is None:  # counting whole texts: no parts to size a region by
             self._count(rows)
             return
-        exact: list[_Row] = []
-        regions: list[tuple[_Row, int, tuple[SequenceKind, str], int, int]] = []
-        for row, (text, sequences) in zip(rows, parts, strict=True):
+        exact: list[int] = []
+        regions: list[tuple[int, int, tuple[SequenceKind, str], int, int]] = []
+        for i, (row, (text, sequences)) in enumerate(zip(rows, parts, strict=True)):
             name = _trimmable(row, info, signal)
             kind = info.sequence_fields[name] if name else "dna"
             ratio = self.counter.letters_per_token(kind)
             sequence = row.fields[name] if name else ""
             if ratio is None or sequences != [(kind, sequence)] or limit <= text:
-                exact.append(row)  # not one sequence alone in the row: count it whole
+                exact.append(i)  # not one sequence alone in the row: count it whole
                 continue
             size = math.ceil((limit - text) * ratio * REGION_MARGIN) + 16
             if text + len(sequence) / ratio < limit * 1.2 or size >= len(sequence):
-                exact.append(row)
+                exact.append(i)
                 continue
             start, end = signal.window(len(sequence), size)
-            regions.append((row, text, (kind, sequence[start:end]), start, end))
+            regions.append((i, text, (kind, sequence[start:end]), start, end))
         counts = self.counter.sequence_tokens([item for _, _, item, _, _ in regions])
-        for (row, text, _, start, end), tokens in zip(regions, counts, strict=True):
+        for (i, text, _, start, end), tokens in zip(regions, counts, strict=True):
             if text + tokens > limit + 2:  # over even on the region: over as a whole
-                row.tokens, row.region = text + tokens, (start, end)
+                rows[i].tokens, rows[i].region = text + tokens, (start, end)
             else:
-                exact.append(row)
-        self._count(exact)
+                exact.append(i)
+        pairs = [_pair(rows[i]) for i in exact]
+        totals = self.counter.count(pairs, [parts[i] for i in exact])
+        for i, n in zip(exact, totals, strict=True):
+            rows[i].tokens = n
 
     def _trim(self, rows: list[_Row], info: TaskInfo, signal: Signal) -> None:
         """Cut each row's longest prompt sequence to the window its signal places, as long as
@@ -269,6 +271,11 @@ class RowBuilder:
             if row.tokens > limit:
                 row.fields, row.out, row.tokens = untrimmed[i]
                 row.trimmed = None
+
+
+def _pair(row: _Row) -> tuple[str, str]:
+    assert row.out is not None, "rendered first"
+    return row.out.prompt, row.out.answer
 
 
 def _trimmable(row: _Row, info: TaskInfo, signal: Signal) -> str | None:
