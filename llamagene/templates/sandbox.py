@@ -187,6 +187,7 @@ def _make_env() -> _BoundedSandbox:
 
 
 _ENV = _make_env()
+_GLOBALS = dict(_ENV.globals)
 
 
 # --- parsing, compiling, rendering -----------------------------------------------------------
@@ -249,8 +250,13 @@ def render_bounded(
     """Render under a fresh budget; RenderLimitError when it goes over one of ``limits``."""
     try:
         with budget_scope(limits, row_chars) as budget:
-            # outputs and loop text are charged as they are made; top-level text is short
-            text = template.render(context)
+            # outputs and loop text are charged as they are made; top-level text is short.
+            # One dict of globals and row (shared=True) instead of Jinja's two copies.
+            frame = template.new_context({**_GLOBALS, **context}, shared=True)
+            try:
+                text = _ENV.concat(template.root_render_func(frame))
+            except Exception:
+                _ENV.handle_exception()  # Jinja's own: template line numbers in tracebacks
             budget.check_size(len(text), "the rendered text")
             return text
     except RecursionError:
