@@ -64,6 +64,13 @@ class EnglishEntry(StrictModel):
     format: Literal["alpaca", "chat"]
 
 
+def _refuse_key(value: Any, key: str, message: str) -> Any:
+    """A key that older recipes used: say what replaced it rather than "extra inputs"."""
+    if isinstance(value, dict) and key in value:
+        raise ValueError(message)
+    return value
+
+
 class LengthPolicy(StrictModel):
     """How rows longer than the model's context are handled; the answer is never cut.
 
@@ -86,12 +93,12 @@ class LengthPolicy(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "trim_from" in value:
-            raise ValueError(
-                "trim_from is gone: each task declares where its signal lies (GUE's built in; "
-                "`signal:` in a table task YAML or in the recipe's task entry)"
-            )
-        return value
+        return _refuse_key(
+            value,
+            "trim_from",
+            "trim_from is gone: each task declares where its signal lies (GUE's built in; "
+            "`signal:` in a table task YAML or in the recipe's task entry)",
+        )
 
 
 class LeakCheck(StrictModel):
@@ -127,12 +134,12 @@ class SftRecipe(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "dedupe_against_test" in value:
-            raise ValueError(
-                "dedupe_against_test is now leak_check: {enabled: true|false, min_overlap_bp: "
-                "50, min_overlap_aa: 30}"
-            )
-        return value
+        return _refuse_key(
+            value,
+            "dedupe_against_test",
+            "dedupe_against_test is now leak_check: {enabled: true|false, min_overlap_bp: 50, "
+            "min_overlap_aa: 30}",
+        )
 
 
 def load_sft_recipe(path: Path) -> SftRecipe:

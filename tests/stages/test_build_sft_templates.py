@@ -15,52 +15,19 @@ from typing import Any
 import pytest
 import yaml
 from conftest import FIXTURES, write_pipeline
+from hostile_templates import hostile_cases
 
 from llamagene.errors import ConfigError, StageError
 from llamagene.pipeline import load_pipeline
 from llamagene.templates import TemplateError, load_templates, show_path
-from llamagene.templates.limits import LIMITS
 from llamagene.templates.lock import LOCK_NAME, write_lock
 
 PROMOTER = {"source": "table", "spec": str(FIXTURES / "tasks" / "table" / "promoter.yaml")}
 #: The row every hostile case stops at: build_sft renders the train split first, in file order.
 FIRST_ROW = "promoter/train.csv:2"
 PROMPT = "Is this DNA a promoter? {{ seq | dna }}\nAnswer yes or no.\nAnswer:"
-NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
-#: (id, the hostile expression, what the one line says about the limit)
-HOSTILE = [
-    pytest.param(
-        "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
-        f"calls nest more than {LIMITS.max_call_depth} deep",
-        id="macro_recursion",
-    ),
-    pytest.param(
-        "{{ 'a' * 10**10 }}",
-        "a repeated value would be 10,000,000,000 characters long",
-        id="str_times_1e10",
-    ),
-    pytest.param(
-        "{{ seq * 10**9 }}",  # the first training row's sequence has 36 letters
-        "a repeated value would be 36,000,000,000 characters long",
-        id="sequence_times_1e9",
-    ),
-    pytest.param(
-        "{{ 'a' * 10**9 }}",
-        "a repeated value would be 1,000,000,000 characters long",
-        id="str_times_1e9",
-    ),
-    pytest.param(
-        "{{ 10**(10**9) }}",
-        "10 ** 1000000000 would have about 3,000,000,000 bits, over the limit of "
-        f"{LIMITS.max_int_bits:,}",
-        id="power_tower",
-    ),
-    pytest.param(
-        NESTED_LOOPS,
-        f"loops run more than {LIMITS.max_loop_iterations:,} iterations",
-        id="nested_range_loops",
-    ),
-]
+#: The issue's hostile cases; the first training row's sequence has 36 letters.
+HOSTILE = hostile_cases("seq", 36)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hostile_templates import NESTED_LOOPS, hostile_cases
 
 from llamagene.cli import main
 from llamagene.templates import PromptTemplate, TemplateError, load_templates, render, show_path
 from llamagene.templates.limits import (
-    LIMITS,
     NotRendering,
     RenderLimitError,
     RenderLimits,
@@ -31,41 +31,8 @@ from llamagene.templates.lock import LOCK_NAME, write_lock
 from llamagene.templates.sandbox import compiled, render_bounded
 
 TAIL = "\nSequence: {{ sequence | dna }}\nAnswer yes or no.\nAnswer:"
-NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
-#: (id, the hostile expression, what the one line says about the limit)
-HOSTILE = [
-    pytest.param(
-        "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
-        f"calls nest more than {LIMITS.max_call_depth} deep",
-        id="macro_recursion",
-    ),
-    pytest.param(
-        "{{ 'a' * 10**10 }}",
-        "a repeated value would be 10,000,000,000 characters long",
-        id="str_times_1e10",
-    ),
-    pytest.param(
-        "{{ sequence * 10**9 }}",
-        "a repeated value would be 20,000,000,000 characters long",  # 20-letter placeholder
-        id="sequence_times_1e9",
-    ),
-    pytest.param(
-        "{{ 'a' * 10**9 }}",
-        "a repeated value would be 1,000,000,000 characters long",
-        id="str_times_1e9",
-    ),
-    pytest.param(
-        "{{ 10**(10**9) }}",
-        "10 ** 1000000000 would have about 3,000,000,000 bits, over the limit of "
-        f"{LIMITS.max_int_bits:,}",
-        id="power_tower",
-    ),
-    pytest.param(
-        NESTED_LOOPS,
-        f"loops run more than {LIMITS.max_loop_iterations:,} iterations",
-        id="nested_range_loops",
-    ),
-]
+#: The issue's hostile cases, on the 20-letter placeholder sequence.
+HOSTILE = hostile_cases("sequence", 20)
 ROW = {"sequence": "ACGTTAGCCATGGCTAGCTA", "label": "1"}
 
 
