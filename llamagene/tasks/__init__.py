@@ -67,9 +67,6 @@ class Signal:
             start = (length - kept) // 2
         return start, start + kept
 
-    def describe(self) -> str:
-        return f"position {self.position}" if self.keep == "position" else self.keep
-
 
 @dataclass(frozen=True)
 class TaskInfo:
