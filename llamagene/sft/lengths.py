@@ -161,25 +161,21 @@ class TokenCounter:
         offsets = [start, *(start + ends[whole] // 3).tolist()]
         return Pieces(offsets, [0, *(whole + 1).tolist()])
 
-    def remember(self, kind: SequenceKind, window: str, tokens: int) -> int:
+    def remember(self, kind: SequenceKind, window: str, tokens: int) -> None:
         """Record a window's count from :func:`fit_window`, so counting its row encodes nothing;
         the first windows and one in 1,000 are encoded anyway to check that the count holds
-        (if one ever differs, every window is encoded from then on). Returns the count."""
+        (if one ever differs, every window is encoded from then on)."""
         item = (kind, window)
         self._windows_checked += 1
-        if self.aligned_windows and (
-            self._windows_checked <= 64 or self._windows_checked % 1000 == 0
-        ):
-            self._known.pop(item, None)
-            (encoded,) = self.sequence_tokens([item])
-            if encoded != tokens:
-                log.warning("build_sft: a cut window counts %d tokens, not %d", encoded, tokens)
-                self.aligned_windows = False
-            return encoded
-        if not self.aligned_windows:
-            return self.sequence_tokens([item])[0]
-        self._known[item] = tokens
-        return tokens
+        sample = self._windows_checked <= 64 or self._windows_checked % 1000 == 0
+        if self.aligned_windows and not sample:
+            self._known[item] = tokens
+            return
+        self._known.pop(item, None)
+        (encoded,) = self.sequence_tokens([item])  # encoded for real, and remembered
+        if self.aligned_windows and encoded != tokens:
+            log.warning("build_sft: a cut window counts %d tokens, not %d", encoded, tokens)
+            self.aligned_windows = False
 
     def forget(self) -> None:
         """Drop the remembered sequences (call it between batches of rows)."""

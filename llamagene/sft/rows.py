@@ -325,10 +325,34 @@ def _subsample(
 
 def _line(task: str, split: Split, row: _Row) -> str:
     assert row.template is not None and row.out is not None
+    return row_line(
+        task, split, row.example.index, row.tag, row.out.prompt, row.out.answer, row.tokens,
+        template=row.template, choices=row.out.choices, fields=row.fields, trimmed=row.trimmed,
+    )  # fmt: skip
+
+
+def row_line(
+    task: str,
+    split: Split,
+    index: int,
+    copy: str,
+    prompt: str,
+    answer: str,
+    tokens: int,
+    *,
+    template: PromptTemplate | None = None,
+    choices: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+    trimmed: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """One JSON line of ``train/dev/test.jsonl``: the one place the row format is written.
+    A row without a template is English text, whose ``<dna>`` is not markup."""
     record = {
-        "task": task, "split": split, "index": row.example.index, "copy": row.tag,
-        "template_id": row.template.id, "template_version": row.template.version,
-        "prompt": row.out.prompt, "answer": row.out.answer, "choices": row.out.choices,
-        "markup": True, "fields": row.fields, "tokens": row.tokens, "trimmed": row.trimmed,
+        "task": task, "split": split, "index": index, "copy": copy,
+        "template_id": template.id if template else None,
+        "template_version": template.version if template else None,
+        "prompt": prompt, "answer": answer, "choices": choices,
+        "markup": template is not None, "fields": fields or {}, "tokens": tokens,
+        "trimmed": trimmed,
     }  # fmt: skip
     return json.dumps(record, ensure_ascii=False) + "\n"

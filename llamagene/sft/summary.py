@@ -10,7 +10,6 @@ leaks of a test sequence by kind, and the templates used.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any
 from llamagene.sft.leaks import LEAK_KINDS
 from llamagene.sft.lengths import TokenCounter
 from llamagene.sft.recipe import SftRecipe
-from llamagene.sft.rows import SplitCounts
+from llamagene.sft.rows import SplitCounts, row_line
 
 log = logging.getLogger("llamagene")
 
@@ -45,12 +44,8 @@ def english_rows(
     for ex, n in zip(chosen, tokens, strict=True):
         if n > recipe.length.max_tokens:
             continue
-        record = {"task": ex.task, "split": "train", "index": ex.index, "copy": "r0",
-                  "template_id": None, "template_version": None,
-                  "prompt": ex.fields["prompt"], "answer": ex.fields["answer"],
-                  "choices": None, "markup": False, "fields": {}, "tokens": n,
-                  "trimmed": None}  # fmt: skip
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        prompt, answer = ex.fields["prompt"], ex.fields["answer"]
+        lines.append(row_line(ex.task, "train", ex.index, "r0", prompt, answer, n))
     counts.update(
         available=len(pool),
         wanted=wanted,
