@@ -198,6 +198,8 @@ def _status(pipeline: Pipeline) -> int:
         print(f"  {st.name:<12} {st.state}")
         for reason in st.reasons:
             print(f"      - {reason}")
+        for note in st.notes:
+            print(f"      note: {note}")
     return 0
 
 

@@ -17,10 +17,12 @@ types and duplicate keys are rejected, and every problem is reported at once wit
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, cast, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -163,20 +165,110 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def format_validation_error(err: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
-    """One line per problem: ``stages.train_bpe.dna_vocab_size: Input should be ... (got 'x')``."""
+def format_validation_error(
+    err: ValidationError,
+    prefix: Sequence[str | int] = (),
+    *,
+    model: type[BaseModel] | None = None,
+) -> list[str]:
+    """One line per problem: ``stages.train_bpe.dna_vocab_size: Input should be ... (got 'x')``.
+
+    With ``model`` (the model that was validated), an unknown key names the keys allowed where it
+    stands and the closest one: ``stages.train_bpe.dna_vocab_sise: unknown key; did you mean
+    dna_vocab_size? (keys here: ...)``.
+    """
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; `llamagene validate` lists the keys)"
+            msg = _unknown_key_message(model, e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif "input" in e and not isinstance(e["input"], Mapping):
             msg = f"{msg} (got {e['input']!r})"
         problems.append(f"{loc}: {msg}" if loc else msg)
     return problems
+
+
+#: An unknown-key message lists at most this many of the keys allowed there.
+MAX_KEYS_SHOWN = 30
+
+
+def _unknown_key_message(model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
+    keys = _keys_at(model, loc[:-1]) if model is not None and loc else None
+    if keys is None:
+        return "unknown key (check its spelling)"
+    msg = "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    if close:
+        msg += f"; did you mean {close[0]}?"
+    shown = sorted(keys)
+    more = len(shown) - MAX_KEYS_SHOWN
+    listed = ", ".join(shown[:MAX_KEYS_SHOWN]) + (f", ... ({more} more)" if more > 0 else "")
+    return f"{msg} (keys here: {listed})" if shown else f"{msg} (no keys are allowed here)"
+
+
+def _keys_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """The keys of the model found by following ``loc`` from ``model``; None if lost."""
+    current: Any = model
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return None
+    current = _unwrap_model(current)
+    if current is None:
+        return None
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation one ``loc`` step below ``annotation``; None when it cannot be followed."""
+    annotation = _strip_annotated(annotation)
+    if _is_model(annotation):
+        if not isinstance(part, str):
+            return None
+        for name, info in annotation.model_fields.items():
+            if part in (name, info.alias):
+                return info.annotation
+        return None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        members = [a for a in args if a is not type(None)]
+        named = [a for a in members if getattr(a, "__name__", None) == part]
+        if named:  # pydantic tags a union member by its class name
+            return named[0]
+        followed = [s for s in (_step(a, part) for a in members) if s is not None]
+        return followed[0] if len(followed) == 1 else None
+    if origin in (list, tuple, set, frozenset, Sequence) and isinstance(part, int):
+        inner = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(inner) > 1:
+            return inner[part] if 0 <= part < len(inner) else None
+        return inner[0] if inner else None
+    if origin in (dict, Mapping) and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    """The one model inside ``annotation`` (``Model``, ``Model | None``), else None."""
+    annotation = _strip_annotated(annotation)
+    if _is_model(annotation):
+        return cast(type[BaseModel], annotation)
+    if get_origin(annotation) in (Union, UnionType):
+        models = [m for m in map(_unwrap_model, get_args(annotation)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _strip_annotated(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def to_plain(value: Any) -> Any:

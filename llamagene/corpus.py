@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llamagene import faults, locks
 from llamagene.alphabets import to_model_text
 from llamagene.config import to_plain
 from llamagene.data_recipe import DataRecipe, SourceConfig
@@ -143,9 +144,10 @@ def prepare_corpus(
     if (final / "meta.json").is_file():
         log.info("corpus cache hit: %s", final)
         return open_corpus(final)
-    for stale in cache_dir.glob(f".tmp-{key[:16]}-*"):
-        log.warning("corpus: ignoring %s, left by an interrupted or running prepare", stale)
+    for stale in locks.remove_unowned(cache_dir, ".tmp-*"):
+        log.info("corpus: removed %s, left by a build that was killed", stale)
     work = cache_dir / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owner = locks.try_acquire(locks.owned_path(work), "corpus build")  # before the folder
     work.mkdir()  # unlike mkdtemp, honours the umask, so a shared cache stays shared
     try:
         _build(recipe, tokenizer_dir, block_size, num_proc, work, {"key": key, **material})
@@ -157,6 +159,8 @@ def prepare_corpus(
             log.info("corpus: %s was built by another process meanwhile", final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if owner is not None:
+            owner.release(remove=True)
     return open_corpus(final)
 
 
@@ -266,8 +270,9 @@ def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
     for i, path in enumerate(files):
         if source.kind in ("dna", "protein"):
             policy = SequencePolicy(
-                source.kind, source.iupac, source.n_run_min_length, source.protein_ambiguous
-            )
+                source.kind, source.iupac, source.n_run_min_length, source.protein_ambiguous,
+                protein_hint=f"set kind: protein for source '{source.name}'",
+            )  # fmt: skip
             windows = iter_windows(path, policy, source.window_chars, source.min_doc_chars, seq)
             docs: Iterator[tuple[str, str]] = ((w.text, f"{w.path}:{w.line}") for w in windows)
         else:
@@ -306,6 +311,7 @@ def _tokenizer(tokenizer_dir: str, version: str) -> Any:
 def _tokenize(
     batch: dict[str, list[str]], tokenizer_dir: str, version: str, kind: str
 ) -> dict[str, Any]:
+    faults.reached("corpus.tokenize")
     tok = _tokenizer(tokenizer_dir, version)
     texts = batch["text"]
     if kind in ("dna", "protein"):

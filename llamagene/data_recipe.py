@@ -129,7 +129,7 @@ def load_recipe(path: Path, check_files: bool = True) -> DataRecipe:
         recipe = DataRecipe.model_validate(data, context=ctx)
         sources = recipe.sources
     except ValidationError as err:
-        problems += format_validation_error(err)
+        problems += format_validation_error(err, model=DataRecipe)
         raw_sources = data.get("sources")
         raw_sources = raw_sources if isinstance(raw_sources, list) else []
         for raw in raw_sources:

@@ -31,6 +31,8 @@ _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
     "llamagene_tokenizer.json",
 )  # fmt: skip
+#: ``adapter_config.json`` values that PEFT holds as sets (their order means nothing).
+_SET_VALUED = ("target_modules", "exclude_modules")
 
 
 def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
@@ -47,6 +49,7 @@ def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_di
         adapter_dir,
         ignore=shutil.ignore_patterns("train_figures.json", "training_args.bin", "README.md"),
     )
+    normalize_adapter_config(adapter_dir / "adapter_config.json", spec.model.base_model_dir)
     copy_tokenizer(tokenizer_dir, adapter_dir)
     work_dir = Path(spec.work_dir)
     if spec.model.base_model_dir is None:
@@ -66,7 +69,21 @@ def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_di
         "with llamagene.modeling.grow_embeddings) before PeftModel.from_pretrained; or load "
         "../merged with AutoModelForCausalLM",
     }
-    write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def normalize_adapter_config(path: Path, base_model: str | None) -> None:
+    """Rewrite PEFT's ``adapter_config.json`` the same way every run: PEFT keeps
+    ``target_modules`` (and ``exclude_modules``) as a set, so it lists them in a different
+    order in each process; sorted lists and sorted keys load back the same. The base is named
+    as the config gave it (``None`` for one built from a config: PEFT would name the
+    scratch folder a resumed run loaded it from)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_model
+    for key in _SET_VALUED:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[str, Any]:

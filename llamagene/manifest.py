@@ -6,10 +6,17 @@ status (``running``, ``done``, ``failed``), start and end times, and the stage's
 such as bases/token or token id ranges).
 
 A stage is stale when it never ran, did not finish, its config changed, an input or an output
-changed, or an upstream stage re-ran or is itself stale; :func:`why_stale` says which, in words.
+changed, or an upstream stage's outputs changed or may change; :func:`why_stale` says which, in
+words. Downstream stages follow their upstream's output *content* (:func:`outputs_digest`), not
+its run id: a stage that re-runs and writes byte-identical outputs leaves the stages after it up
+to date (an early cutoff, as in DVC and Bazel). Volatile files (``timings.json``, ``logs/``:
+wall-clock figures) are neither recorded nor compared, and files nobody recorded in an output
+folder are reported as stray, not taken for a change.
+
 Files are re-hashed only when their size or modification time moved, so checking a run with a
 3 GB genome input costs a ``stat``, not a read. The file is replaced atomically (temp + rename),
-so a killed process never leaves it half-written.
+so a killed process never leaves it half-written. Loading checks every field against the
+schema of :class:`StageRecord`; any fault is a "corrupt manifest" error naming the field.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
 from llamagene.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
@@ -31,8 +40,13 @@ FORMAT = "llamagene-manifest"
 VERSION = 1
 Status = Literal["running", "done", "failed"]
 _CHUNK = 1 << 20
+#: Output files whose content is expected to differ between identical runs (timings, logs):
+#: paths relative to the stage's output folder, a trailing ``/`` for a whole folder.
+VOLATILE_OUTPUTS = ("timings.json", "logs/")
+_SCHEMA = ConfigDict(strict=True, extra="forbid")
 
 
+@with_config(_SCHEMA)
 @dataclass(frozen=True)
 class FileRecord:
     """One file as last seen: where, how big, when modified, and its content hash."""
@@ -42,6 +56,7 @@ class FileRecord:
     sha256: str
 
 
+@with_config(_SCHEMA)
 @dataclass
 class StageRecord:
     """What the manifest knows about one stage's last run."""
@@ -50,7 +65,10 @@ class StageRecord:
     run_id: str
     config: dict[str, Any]
     inputs: dict[str, FileRecord] = field(default_factory=dict)
+    #: Run id of each upstream stage when this one ran.
     upstream: dict[str, str] = field(default_factory=dict)
+    #: :func:`outputs_digest` of each upstream stage when this one ran (its early cutoff).
+    upstream_outputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, FileRecord] = field(default_factory=dict)
     started_at: str = ""
     ended_at: str = ""
@@ -58,6 +76,22 @@ class StageRecord:
     report: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str = ""
+    #: The process that ran (or runs) the stage, so ``status`` can tell running from killed.
+    pid: int = 0
+    host: str = ""
+
+
+@with_config(_SCHEMA)
+@dataclass
+class _ManifestFile:
+    """The manifest file's layout, for validation on load."""
+
+    format: Literal["llamagene-manifest"]
+    version: Literal[1]
+    stages: dict[str, StageRecord]
+
+
+_MANIFEST_SCHEMA = TypeAdapter(_ManifestFile)
 
 
 def sha256_file(path: Path) -> str:
@@ -121,6 +155,53 @@ def changed_files(
     return changes
 
 
+def is_volatile(key: str) -> bool:
+    """Whether an output key (``<stage>/<path>``) names a volatile file (timings, logs)."""
+    _, _, rel = key.partition("/")
+    return any(rel == v or (v.endswith("/") and rel.startswith(v)) for v in VOLATILE_OUTPUTS)
+
+
+def record_outputs(stage: str, folder: Path) -> dict[str, FileRecord]:
+    """Records of a stage's output folder, volatile files left out."""
+    records = record_paths({stage: folder})
+    return {key: rec for key, rec in records.items() if not is_volatile(key)}
+
+
+def output_changes(
+    recorded: Mapping[str, FileRecord], stage: str, folder: Path
+) -> tuple[list[str], list[str]]:
+    """``(changes, stray)``: recorded output files that changed or went missing, and files in
+    the folder that no run recorded (volatile files are neither)."""
+    if not folder.is_dir():
+        return [f"{stage} ({folder}) is missing"], []
+    changes: list[str] = []
+    present = {key: file for key, file in _keyed_files(stage, folder) if not is_volatile(key)}
+    for key, old in recorded.items():
+        if is_volatile(key):
+            continue  # recorded by an older llamagene
+        file = present.get(key)
+        if file is None:
+            changes.append(f"{key} was removed")
+        elif record_file(file, old).sha256 != old.sha256:
+            changes.append(f"{key} changed")
+    stray = sorted(key for key in present if key not in recorded)
+    return changes, stray
+
+
+def _keyed_files(name: str, path: Path) -> Iterator[tuple[str, Path]]:
+    for rel, file in iter_files(path):
+        yield (f"{name}/{rel}" if rel else name), file
+
+
+def outputs_digest(outputs: Mapping[str, FileRecord]) -> str:
+    """One hash of a stage's recorded outputs: their names and contents, nothing else."""
+    digest = hashlib.sha256()
+    for key in sorted(outputs):
+        if not is_volatile(key):
+            digest.update(f"{key}\0{outputs[key].sha256}\n".encode())
+    return digest.hexdigest()
+
+
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two plain config dicts."""
     changes = []
@@ -152,24 +233,17 @@ class Manifest:
         if not path.exists():
             return cls(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f'not a llamagene manifest (no "format": "{FORMAT}")')
             if data.get("version") != VERSION:
                 raise ValueError(f"manifest version {data.get('version')!r}, expected {VERSION}")
-            stages = {name: _stage_from_json(rec) for name, rec in data["stages"].items()}
-        except (
-            OSError,
-            UnicodeDecodeError,
-            json.JSONDecodeError,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as err:
-            raise ManifestError(
-                f"{path}: corrupt manifest ({err}). Move it aside to start the run record afresh "
-                f"(every stage will then re-run), or restore it from a backup."
-            ) from None
+            stages = _MANIFEST_SCHEMA.validate_json(text).stages
+        except ValidationError as err:
+            raise _corrupt(path, _first_problem(err)) from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise _corrupt(path, str(err)) from None
         return cls(path, stages)
 
     def save(self) -> None:
@@ -181,14 +255,20 @@ class Manifest:
         write_text_atomic(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _stage_from_json(rec: dict[str, Any]) -> StageRecord:
-    if rec.get("status") not in ("running", "done", "failed"):
-        raise ValueError(f"unknown stage status {rec.get('status')!r}")
-    files = {
-        key: {name: FileRecord(**value) for name, value in rec.get(key, {}).items()}
-        for key in ("inputs", "outputs")
-    }
-    return StageRecord(**{**rec, **files})
+def _corrupt(path: Path, problem: str) -> ManifestError:
+    return ManifestError(
+        f"{path}: corrupt manifest ({problem}). Move it aside to start the run record afresh "
+        f"(every stage will then re-run), or restore it from a backup."
+    )
+
+
+def _first_problem(err: ValidationError) -> str:
+    """``stages.train_bpe.outputs: Input should be an object (and 2 more problems)``"""
+    problems = err.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 def write_text_atomic(path: Path, text: str) -> None:

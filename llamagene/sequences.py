@@ -35,6 +35,11 @@ _RC = str.maketrans("ACGTUNRYKMSWBDHVacgtunrykmswbdhv", "TGCAANYRMKSWVHDBtgcaany
 _RC_VALID = dict.fromkeys(map(ord, "ACGTUNRYKMSWBDHVacgtunrykmswbdhv"))
 _Raw = tuple[str, int, bytes, bool, bool]  # record_id, line, text, record_start, gap_before
 _FLUSH: _Raw = ("", 0, b"", True, False)  # ends the last window of a file
+#: Where a DNA file that holds protein is told to go, when the caller does not say.
+DEFAULT_PROTEIN_HINT = (
+    "read it as protein (train_bpe: list it under protein_inputs; "
+    "data recipe: set kind: protein for its source)"
+)
 
 
 class SequenceFormatError(LlamageneError, ValueError):
@@ -64,12 +69,16 @@ class SequencePolicy:
     skipped and splits the sequence; shorter runs are kept; 0 keeps every N.
     ``protein_ambiguous``: B Z J U O are kept, mapped to X or rejected; the 20 standard residues
     and X are always accepted, and one ``*`` at the very end of a record is removed.
+    ``protein_hint`` (DNA): how the caller's config declares a file as protein, added to the
+    error for a letter that DNA lacks (``list it under protein_inputs``); the default names the
+    keys of both configs that read sequences.
     """
 
     kind: SequenceKind
     iupac: Literal["to_n", "error"] = "to_n"
     n_run_min_length: int = 10
     protein_ambiguous: Literal["keep", "to_x", "error"] = "keep"
+    protein_hint: str = DEFAULT_PROTEIN_HINT
 
     def __post_init__(self) -> None:
         if self.kind not in ("dna", "protein"):
@@ -162,6 +171,26 @@ def _open_binary(path: str) -> tuple[BinaryIO, bool]:
     return open(path, "rb", buffering=1 << 20), False
 
 
+def decompressed_size_upto(path: str | os.PathLike[str], limit: int) -> int:
+    """The size of a file's content (after gunzip), counting no further than ``limit`` bytes.
+
+    A plain file's size comes from the file system; a gzip file is read only until ``limit``
+    bytes came out, so a genome is never read whole to learn that it holds enough.
+    """
+    p = os.fspath(path)
+    f, gz = _open_binary(p)
+    with f:
+        if not gz:
+            return min(os.fstat(f.fileno()).st_size, max(limit, 0))
+        total = 0
+        while total < limit:
+            chunk = f.read(min(1 << 20, limit - total))
+            if not chunk:
+                break
+            total += len(chunk)
+        return total
+
+
 def open_text(path: str | os.PathLike[str]) -> TextIO:
     """Open a plain or gzip file (detected by its magic bytes) as UTF-8 text.
 
@@ -210,13 +239,13 @@ def _bad_char(raw: bytes, policy: SequencePolicy) -> str:
     if ch in "-.":
         hint = "gap characters are not allowed (alignments are not supported); remove gaps first"
     elif policy.kind == "dna" and up in _IUPAC:
-        hint = "IUPAC ambiguity code; use iupac='to_n' to map ambiguity codes to N"
+        hint = "IUPAC ambiguity code; set iupac: to_n to map ambiguity codes to N"
     elif policy.kind == "protein" and up in _PROTEIN_RARE:
-        hint = "ambiguous/rare residue; use protein_ambiguous='keep' or 'to_x'"
+        hint = "ambiguous/rare residue; set protein_ambiguous: keep (or to_x)"
     elif policy.kind == "dna":
         hint = "DNA allows ACGTN, U and IUPAC codes (any case)"
         if up.isascii() and up.isalpha():
-            hint += "; if this file holds protein, use kind='protein'"
+            hint += f"; if this file holds protein, {policy.protein_hint}"
     else:
         hint = "protein allows the 20 standard residues, X, BZJUO and one final '*'"
     return f"{what}; {hint}"

@@ -13,9 +13,11 @@ config; the control flow that matters stays here:
   size, so 1 process and N processes take the same optimizer steps on the same blocks;
 - a rerun resumes from the newest *complete* checkpoint in ``work_dir/checkpoints`` (model,
   optimizer, scheduler, RNG and data position), so an interrupted run ends where an
-  uninterrupted one would;
+  uninterrupted one would; newer checkpoints that a kill or a full disk left incomplete are
+  skipped, with a log line saying why, and removed (:func:`resume_checkpoint`);
 - loss, learning rate, grad norm and tokens/s go to the console, to ``logs/metrics.jsonl`` and
-  to TensorBoard (``logs/tensorboard``); a resumed run drops log lines past its checkpoint;
+  to TensorBoard (``logs/tensorboard``), at every checkpoint too; a resumed run drops log
+  lines past its checkpoint;
 - rank 0 writes the final adapter to ``work_dir/final``.
 """
 
@@ -24,11 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,6 +65,12 @@ KILL_AFTER_SAVE_ENV = "LLAMAGENE_KILL_AFTER_SAVE_STEP"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
+#: Figures of :func:`train` that differ between identical runs (wall clock, memory, where a
+#: rerun resumed): a stage writes them to ``timings.json``, apart from its reproducible report.
+TIMING_FIGURES = (
+    "resumed_from_step", "train_seconds_this_run", "tokens_per_s", "peak_rss_mb_rank0",
+    "peak_gpu_memory_gb",
+)  # fmt: skip
 
 
 class TrainSettings(StrictModel):
@@ -244,11 +254,17 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         model, args, train_data, valid_data, work_dir / LOGS_DIR,
         settings.global_batch_size * corpus.block_size,
     )  # fmt: skip
-    resume = latest_checkpoint(checkpoints)
+    # rank 0 looks first and removes incomplete checkpoints; the others then see what it left
+    with args.main_process_first(local=False, desc="choosing the checkpoint to resume from"):
+        resume = resume_checkpoint(
+            checkpoints, spec.deepspeed_config, stage=str(spec.extra.get("stage", "training")),
+            tidy=_is_rank_zero(),
+        )  # fmt: skip
+    resumed_from = _checkpoint_step(resume) if resume else 0
     if resume is not None:
         log.info("resuming from %s", resume)
-        if _is_rank_zero():
-            _trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", _checkpoint_step(resume))
+    if _is_rank_zero():
+        _trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", resumed_from)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
@@ -258,12 +274,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     steps = trainer.state.global_step
     figures = {
         "steps": steps,
-        "resumed_from_step": _checkpoint_step(resume) if resume else 0,
+        "resumed_from_step": resumed_from,
         "processes": world,
         "gradient_accumulation": accumulation,
         "precision": precision,
         "deepspeed_zero_stage": _zero_stage(spec.deepspeed_config),
-        "train_loss": round(float(result.training_loss), 6),
+        "train_loss": round(_mean_train_loss(trainer.state.log_history, result.training_loss), 6),
         "eval_loss": round(float(metrics["eval_loss"]), 6) if "eval_loss" in metrics else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -278,7 +294,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     final = work_dir / FINAL_DIR
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
-        write_text_atomic(final / "train_figures.json", json.dumps(figures, indent=2) + "\n")
+        write_text_atomic(
+            final / "train_figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n"
+        )
     return figures
 
 
@@ -310,6 +328,15 @@ def _make_trainer(
                 with (logs_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(line) + "\n")
 
+    class LogAtCheckpoints(TrainerCallback):
+        """Log at every checkpoint and at the last step too: a resumed run then repeats the
+        uninterrupted run's log lines exactly (HF drops the loss summed since the last log
+        when it resumes), and the log history covers every step (see _mean_train_loss)."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if control.should_save or state.global_step >= state.max_steps:
+                control.should_log = True
+
     class KillAfterSave(TrainerCallback):
         def __init__(self, step: int) -> None:
             self.step = step
@@ -319,7 +346,7 @@ def _make_trainer(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     logs_dir.mkdir(parents=True, exist_ok=True)
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [LogAtCheckpoints()]
     if _is_rank_zero():
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations.integration_utils import TensorBoardCallback
@@ -337,15 +364,227 @@ def _make_trainer(
     )
 
 
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` (one killed mid-save lacks its trainer state)."""
+#: Model weights a resume may load, in HF ``Trainer``'s order of preference.
+_WEIGHT_FILES = (
+    "adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
+)  # fmt: skip
+_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: DeepSpeed's ZeRO optimizer shards: ``[bf16_]zero_pp_rank_R_mp_rank_MM_optim_states.pt``.
+_ZERO_OPTIM = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+#: The RNG states of one process of many (one process writes ``rng_state.pth``).
+_RANKED_RNG = re.compile(r"rng_state_(\d+)\.pth$")
+#: An incomplete checkpoint is renamed to this prefix + its name (which HF ``Trainer``'s
+#: ``checkpoint-*`` glob never matches), then deleted.
+_DISCARDED = ".incomplete-"
+
+
+def checkpoint_problem(folder: Path, deepspeed_config: dict[str, Any] | None = None) -> str | None:
+    """Why a resume from ``folder`` (a ``checkpoint-N``) would fail or go astray, in a few
+    words; ``None`` when it is complete.
+
+    A kill or a full disk during a save leaves files missing or cut short. Checked: the trainer
+    state (a JSON object, of step N), the model weights, optimizer, scheduler and RNG states (a
+    torch file is a zip archive, whose directory sits at its end; a safetensors file is a JSON
+    header and the data it places), and for DeepSpeed the ``global_step*`` folder that
+    ``latest`` names, with its model and ZeRO optimizer files. Cheap: nothing is unpickled."""
+    state = _json_file(folder / "trainer_state.json")
+    if isinstance(state, str):
+        return state
+    step = state.get("global_step")
+    if step is not None and step != _checkpoint_step(folder):
+        return f"trainer_state.json is of step {step}"
+    # how many processes saved it: each writes its RNG states (and its ZeRO optimizer shard)
+    ranks = _ranks(folder.glob("rng_state_*.pth"), _RANKED_RNG)
+    ranks |= _ranks(folder.glob("global_step*/*optim_states.pt"), _ZERO_OPTIM)
+    processes = max(ranks, default=0) + 1
+    problems = [_weights_problem(folder, required=deepspeed_config is None)]
+    if deepspeed_config is None:
+        problems.append(_torch_file_problem(folder / "optimizer.pt"))
+    else:
+        zero_stage = _zero_stage(deepspeed_config) or 0
+        problems.append(_deepspeed_problem(folder, processes if zero_stage else 0))
+    if deepspeed_config is None or "scheduler" not in deepspeed_config:
+        problems.append(_torch_file_problem(folder / "scheduler.pt"))  # else DeepSpeed's own
+    if processes == 1:
+        problems.append(_torch_file_problem(folder / "rng_state.pth"))
+    else:
+        problems.extend(
+            _torch_file_problem(folder / f"rng_state_{r}.pth") for r in range(processes)
+        )
+    return next((p for p in problems if p is not None), None)
+
+
+def latest_checkpoint(
+    checkpoints: Path, deepspeed_config: dict[str, Any] | None = None
+) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``checkpoints`` (see :func:`checkpoint_problem`)."""
+    return _newest_complete(checkpoints, deepspeed_config)[0]
+
+
+def resume_checkpoint(
+    checkpoints: Path,
+    deepspeed_config: dict[str, Any] | None = None,
+    *,
+    stage: str = "training",
+    tidy: bool = True,
+) -> Path | None:
+    """The newest complete checkpoint to resume from; each newer, incomplete one is skipped
+    with one log line saying why and, when ``tidy`` (rank 0 only), removed, so that HF
+    ``Trainer`` neither counts it among the checkpoints it rotates nor saves into it when
+    training reaches its step again."""
+    resume, skipped = _newest_complete(checkpoints, deepspeed_config)
+    if not tidy:
+        return resume
+    then = f"resuming from {resume.name}" if resume else "starting from step 0"
+    for folder, why in skipped:
+        log.warning("%s: skipping %s: %s; %s", stage, folder.name, why, then)
+        _discard(folder)
+    for leftover in checkpoints.glob(f"{_DISCARDED}*"):  # a removal cut short by a kill
+        shutil.rmtree(leftover, ignore_errors=True)
+    return resume
+
+
+def _newest_complete(
+    checkpoints: Path, deepspeed_config: dict[str, Any] | None
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint, and the newer ones that are not, each with why."""
     if not checkpoints.is_dir():
-        return None
-    complete = [
+        return None, []
+    found = [
         d for d in checkpoints.glob("checkpoint-*")
-        if d.is_dir() and d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()
+        if d.name.split("-", 1)[1].isdigit() and d.is_dir()
     ]  # fmt: skip
-    return max(complete, key=_checkpoint_step) if complete else None
+    skipped: list[tuple[Path, str]] = []
+    for folder in sorted(found, key=_checkpoint_step, reverse=True):
+        why = checkpoint_problem(folder, deepspeed_config)
+        if why is None:
+            return folder, skipped
+        skipped.append((folder, why))
+    return None, skipped
+
+
+def _discard(folder: Path) -> None:
+    aside = folder.with_name(f"{_DISCARDED}{folder.name}")
+    try:
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(folder, aside)
+    except OSError as err:
+        raise StageError(
+            f"cannot move the incomplete checkpoint {folder} out of the way ({err}); "
+            "delete it and rerun"
+        ) from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _json_file(path: Path) -> dict[str, Any] | str:
+    """The JSON object in ``path``, or what is wrong with it."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except OSError as err:
+        return f"{path.name} cannot be read ({err.strerror or err})"
+    if not text.strip():
+        return f"{path.name} is empty"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return f"{path.name} is truncated (not valid JSON)"
+    return data if isinstance(data, dict) else f"{path.name} is not a JSON object"
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """``torch.save`` writes a zip archive: one cut short lacks its central directory."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        complete = zipfile.is_zipfile(path)
+    except OSError as err:
+        return f"{path.name} cannot be read ({err.strerror or err})"
+    return None if complete else f"{path.name} is truncated (not a complete torch archive)"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file: 8 bytes giving the header's length, the JSON header, then the data,
+    which must reach as far as the header's furthest ``data_offsets`` end."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 <= length <= size - 8:
+                return f"{path.name} is truncated (incomplete header)"
+            header = json.loads(handle.read(length))
+        ends = [
+            int(entry["data_offsets"][1]) for name, entry in header.items()
+            if name != "__metadata__"
+        ]  # fmt: skip
+    except OSError as err:
+        return f"{path.name} cannot be read ({err.strerror or err})"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} is truncated or corrupt (unreadable header)"
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        return f"{path.name} is truncated ({size} of {needed} bytes)"
+    return None
+
+
+def _weights_problem(folder: Path, required: bool) -> str | None:
+    """Every model weights file present must be whole; one must be present when ``required``
+    (a DeepSpeed checkpoint keeps the weights it resumes from in its ``global_step*`` folder)."""
+    files = [folder / name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    for index_name in _SHARD_INDEXES:
+        if (folder / index_name).is_file():
+            index = _json_file(folder / index_name)
+            if isinstance(index, str):
+                return index
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict):
+                return f"{index_name} has no weight_map"
+            files.extend(folder / str(shard) for shard in sorted(set(weight_map.values())))
+    if not files:
+        return "the model weights are missing" if required else None
+    for path in files:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        problem = (
+            _safetensors_problem(path) if path.suffix == ".safetensors"
+            else _torch_file_problem(path)
+        )  # fmt: skip
+        if problem is not None:
+            return problem
+    return None
+
+
+def _ranks(paths: Iterable[Path], pattern: re.Pattern[str]) -> set[int]:
+    return {int(m.group(1)) for path in paths if (m := pattern.search(path.name))}
+
+
+def _deepspeed_problem(folder: Path, optimizer_shards: int) -> str | None:
+    """``latest`` names the ``global_step*`` folder DeepSpeed resumes from: its model states
+    (one file, or one per rank under ZeRO-3) and, under ZeRO, one optimizer shard per rank."""
+    try:
+        tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return "latest is missing (no DeepSpeed state)"
+    except (OSError, UnicodeDecodeError) as err:
+        return f"latest cannot be read ({err})"
+    state_dir = folder / tag
+    if not tag or "/" in tag or not state_dir.is_dir():
+        return f"latest names {tag!r}, which is not a folder of the checkpoint"
+    files = sorted(state_dir.glob("*.pt"))
+    if not any(p.name.endswith("model_states.pt") for p in files):
+        return f"{tag}/ has no model states"
+    missing = sorted(set(range(optimizer_shards)) - _ranks(files, _ZERO_OPTIM))
+    if missing:
+        ranks = ", ".join(map(str, missing))
+        return f"{tag}/ lacks the ZeRO optimizer states of rank {ranks}"
+    for path in files:
+        problem = _torch_file_problem(path)
+        if problem is not None:
+            return f"{tag}/{problem}"
+    return None
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -353,14 +592,31 @@ def _checkpoint_step(path: Path) -> int:
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    """Drop log lines written after the checkpoint we resume from (they will be redone), and
+    a line cut short by a kill."""
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]  # fmt: skip
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # empty, or cut short
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+def _mean_train_loss(history: list[dict[str, Any]], this_run: float) -> float:
+    """Mean training loss per optimizer step over the whole run, from the logged losses (each
+    the mean since the previous log), so a resumed run reports what an uninterrupted one
+    does; HF's own figure (``this_run``) covers only the steps of the last process."""
+    total, last = 0.0, 0
+    for record in history:
+        if "loss" in record and int(record["step"]) > last:
+            total += float(record["loss"]) * (int(record["step"]) - last)
+            last = int(record["step"])
+    return total / last if last else float(this_run)
 
 
 def _mean_rate(history: list[dict[str, Any]]) -> float:

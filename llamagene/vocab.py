@@ -151,8 +151,9 @@ def parse_model(data: bytes) -> ModelProto:
 def load_base_tokenizer(path: Path) -> ModelProto:
     """Read a LLaMA-family base: a SentencePiece ``.model`` file, or a HF dir holding one.
 
-    Byte-level BPE bases (LLaMA-3 style ``tokenizer.json`` without ``tokenizer.model``) and
-    Unigram SentencePiece models are refused with the reason.
+    Byte-level BPE bases (LLaMA-3 style ``tokenizer.json`` without ``tokenizer.model``),
+    Unigram SentencePiece models and bases whose normalizer changes whitespace
+    (:func:`whitespace_problem`) are refused with the reason.
     """
     if path.is_dir():
         model_file = path / "tokenizer.model"
@@ -182,7 +183,57 @@ def load_base_tokenizer(path: Path) -> ModelProto:
         raise StageError(f"{path}: normalizer {proto.normalizer_spec.name!r} has no charsmap")
     if proto.trainer_spec.treat_whitespace_as_suffix:
         raise StageError(f"{path}: bases with treat_whitespace_as_suffix are not supported")
+    try:
+        problem = whitespace_problem(proto)
+    except RuntimeError as err:  # sentencepiece's error for a spec it cannot load
+        raise StageError(f"{path}: SentencePiece cannot load its normalizer: {err}") from None
+    if problem:
+        raise StageError(
+            f"{path}: the base's normalizer changes whitespace ({problem}), so text with runs of "
+            f"spaces, tabs or newlines would not decode back to itself; llamagene needs a base "
+            f"that keeps whitespace (LLaMA-1/2, Mistral)"
+        )
     return proto
+
+
+#: Whitespace a base must keep: ``(what it is, text holding it)``.
+_WHITESPACE_PROBES = (
+    ("two spaces", "a  b"),
+    ("a leading space", " a"),
+    ("a trailing space", "a "),
+    ("a tab", "a\tb"),
+    ("a newline", "a\nb"),
+    ("a carriage return", "a\r\nb"),
+)
+
+
+def whitespace_problem(proto: ModelProto) -> str | None:
+    """How the normalizer of ``proto`` changes whitespace, naming the setting; None if it keeps it.
+
+    ``remove_extra_whitespaces`` is read from the model; normalization rules (a precompiled
+    charsmap, such as ``nmt_nfkc``'s, which maps tabs and newlines to spaces) are probed by
+    normalizing text that holds each kind of whitespace.
+    """
+    import sentencepiece as spm
+
+    spec = proto.normalizer_spec
+    if spec.remove_extra_whitespaces:
+        return (
+            "normalizer_spec.remove_extra_whitespaces is true: runs of spaces become one, "
+            "leading and trailing spaces are dropped"
+        )
+    normalizer = spm.SentencePieceNormalizer(normalizer_spec=spec.SerializeToString())
+    prefix = "▁" if spec.add_dummy_prefix else ""
+    for what, text in _WHITESPACE_PROBES:
+        want = prefix + (text.replace(" ", "▁") if spec.escape_whitespaces else text)
+        got = normalizer.normalize(text)
+        if got != want:
+            shown = got[len(prefix) :] if got.startswith(prefix) else got
+            return (
+                f"normalizer_spec.name is {spec.name!r}: {text!r} ({what}) becomes "
+                f"{shown.replace('▁', ' ')!r}"
+            )
+    return None
 
 
 def _no_sentencepiece_reason(path: Path) -> str:

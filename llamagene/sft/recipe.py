@@ -150,7 +150,7 @@ def load_sft_recipe(path: Path) -> SftRecipe:
     try:
         recipe = SftRecipe.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as err:
-        raise ConfigError(str(path), format_validation_error(err)) from None
+        raise ConfigError(str(path), format_validation_error(err, model=SftRecipe)) from None
     problems = []
     if recipe.english_share > 0 and not recipe.english:
         problems.append("english_share > 0 but no english files are listed")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from llamagene import faults
 from llamagene.config import InputPath, StrictModel
 from llamagene.errors import ConfigError, LlamageneError, StageError
 from llamagene.manifest import write_text_atomic
@@ -205,6 +206,7 @@ def _run_job(index: int) -> SplitCounts:
     from llamagene.sft.rows import SplitCounts
 
     assert _STATE is not None
+    faults.reached("build_sft.render")
     job = _STATE.jobs[index]
     tally = SplitCounts()
     rows = _STATE.builder.rows(job.task, job.split, job.templates, job.entry, tally)

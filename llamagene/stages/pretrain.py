@@ -11,6 +11,9 @@ Writes  ``<run_dir>/pretrain/``:
           ``base_model/``     only for a base built from a config: the frozen base it trained on
           ``logs/``           ``metrics.jsonl`` (loss, lr, grad norm, tokens/s) and TensorBoard
           ``corpus_stats.json``, ``report.json``   data and training figures
+          ``timings.json``    wall-clock, speed and memory figures, and where a rerun resumed
+        Two runs of the same config write byte-identical files, but for ``timings.json`` and
+        ``logs/`` (the manifest records those as volatile).
 Run     ``llamagene run PIPELINE.yaml --only pretrain``                  (one process)
         ``pipelines/cluster/launch.sh --local --nproc 2 PIPELINE.yaml pretrain``  (DeepSpeed etc.)
 
@@ -31,6 +34,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +45,20 @@ from llamagene.errors import ConfigError, StageError
 from llamagene.manifest import write_text_atomic
 from llamagene.modeling import EmbeddingInit, EmbeddingTraining, LoraSettings
 from llamagene.stages import StageContext
-from llamagene.training import FINAL_DIR, LOGS_DIR, ModelSpec, TrainSettings, TrainSpec
+from llamagene.training import (
+    FINAL_DIR,
+    LOGS_DIR,
+    TIMING_FIGURES,
+    ModelSpec,
+    TrainSettings,
+    TrainSpec,
+)
 
 log = logging.getLogger("llamagene")
 #: Config keys that do not change what is trained (kept out of the checkpoint key).
 _NOT_IN_KEY = ("data_workers", "cache_dir", "export_merged")
+#: Figures that differ between identical runs; ``logs/`` is volatile too.
+TIMINGS = "timings.json"
 
 
 class PretrainConfig(StrictModel):
@@ -158,6 +171,7 @@ class Pretrain:
             corpus_dir=str(corpus.dir),
             work_dir=str(work_dir),
             deepspeed_config=_deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
+            extra={"stage": self.name},
         )
         spec_path = work_dir / "spec.json"
         spec.save(spec_path)
@@ -165,25 +179,34 @@ class Pretrain:
 
         final = work_dir / FINAL_DIR
         figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))
+        timings = {k: figures.pop(k) for k in TIMING_FIGURES if k in figures}
         from llamagene.export import export_adapter, export_merged
 
+        start = time.perf_counter()
         export_adapter(spec, final, tokenizer_dir, ctx.out_dir)
         if cfg.export_merged:
             figures["export"] = export_merged(spec, ctx.out_dir, corpus)
+        timings["export_seconds"] = round(time.perf_counter() - start, 2)
         shutil.copytree(work_dir / LOGS_DIR, ctx.out_dir / LOGS_DIR)
-        write_text_atomic(ctx.out_dir / "corpus_stats.json", json.dumps(corpus.stats, indent=2))
-        report = {"corpus_key": corpus.key, **figures}
-        write_text_atomic(ctx.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        stats = dict(corpus.stats)
+        if "throughput" in stats:  # how fast the cache was filled, maybe by an earlier run
+            timings["corpus_throughput"] = stats.pop("throughput")
+        write_text_atomic(ctx.out_dir / "corpus_stats.json", json.dumps(stats, indent=2) + "\n")
+        _write_json(ctx.out_dir / "report.json", {"corpus_key": corpus.key, **figures})
+        _write_json(ctx.out_dir / TIMINGS, timings)
+        kept = ("steps", "train_loss", "eval_loss", "processes", "trainable_parameters")
         ctx.report.update(
-            {
-                k: figures[k]
-                for k in ("steps", "train_loss", "eval_loss", "processes", "trainable_parameters")
-            }
+            {k: figures[k] for k in kept}
+            | {k: timings.get(k) for k in ("tokens_per_s", "resumed_from_step")}
             | {
                 "train_blocks": corpus.train_blocks,
                 "packing_efficiency": corpus.stats.get("packing_efficiency"),
             }
         )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None) -> None:

@@ -6,6 +6,8 @@ Writes  ``<run_dir>/train_bpe/``:
           ``protein.model``, ``protein.vocab``  the same for protein
           ``dna_heldout.txt``, ``protein_heldout.txt``  windows kept out of training
           ``stats.json``                        pieces, characters read/sampled, bases/token
+          ``timings.json``                      seconds spent reading and training (the one
+                                                output that differs between identical runs)
 Run     ``llamagene run PIPELINE.yaml --only train_bpe``
 
 Genomes stream through :func:`llamagene.sequences.iter_windows` and are cut into sentences of
@@ -19,12 +21,28 @@ held-out set is topped up to ``min_heldout_windows`` from the windows last in li
 
 ``dna_vocab_size`` counts SentencePiece's ``<unk>`` piece, as llama-gene's 30,000 did: the
 merged tokenizer gains ``dna_vocab_size - 1`` DNA pieces (likewise for protein).
+
+Two checks guard against inputs that cannot give the vocabulary asked for:
+
+- Size. A BPE merge of a pair seen ``f`` times shortens the training text by ``f`` symbols, so
+  ``n`` training characters allow at most ``n / k`` merges of pairs seen at least ``k`` times.
+  With ``k =`` :data:`MIN_PAIR_COUNT` (5), the largest sensible vocabulary is
+  ``1 (<unk>) + letters + training characters // 5``; asking for more is an error (SentencePiece
+  would learn pieces seen once or twice: 111,914 of them from 0.3 Mbp). ``llamagene validate``
+  finds it from the input files' sizes (reading at most ``5 x vocab size`` bytes of a gzip file);
+  the run finds it exactly, before training. The demo (0.41 Mbp of DNA and 0.62 M residues of
+  protein in training) supports 81,535 DNA and 123,778 protein pieces; it asks for 4,000 each.
+- Alphabet. A protein input whose residues are at least :data:`DNA_LIKE_FRACTION` (90%)
+  A/C/G/T/N/U is most likely DNA listed under ``protein_inputs``: a warning, or an error with
+  ``strict_alphabet: true`` (proteins are about 25% these letters). DNA inputs need no such
+  check: the DNA reader refuses any letter that DNA lacks (IUPAC codes and lowercase are DNA).
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -38,7 +56,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from llamagene.alphabets import SequenceKind
+from llamagene.alphabets import LETTERS, SequenceKind
 from llamagene.config import InputPath, StrictModel
 from llamagene.errors import StageError
 from llamagene.manifest import write_bytes_atomic, write_text_atomic
@@ -46,12 +64,23 @@ from llamagene.sequences import (
     SequenceFormatError,
     SequencePolicy,
     SequenceStats,
+    decompressed_size_upto,
     iter_fragments,
     iter_windows,
 )
 from llamagene.stages import StageContext
 
 log = logging.getLogger("llamagene")
+
+#: A merge should join a pair seen at least this many times in the training text, so a
+#: vocabulary may have at most one merged piece per this many training characters.
+MIN_PAIR_COUNT = 5
+#: A protein input with at least this share of A/C/G/T/N/U residues looks like DNA (real
+#: proteins: about a quarter, 23.7% in the demo's; DNA: all of it, less its IUPAC codes).
+DNA_LIKE_FRACTION = 0.9
+DNA_LIKE_LETTERS = "ACGTNU"
+#: ``validate`` judges a protein input's alphabet from its first this many residues.
+ALPHABET_PEEK_RESIDUES = 10_000
 
 
 class TrainBpeConfig(StrictModel):
@@ -62,7 +91,10 @@ class TrainBpeConfig(StrictModel):
     protein_inputs: list[InputPath] = Field(default_factory=list)
     """Protein FASTA files (plain or gzip)."""
     dna_vocab_size: int = Field(30000, ge=2)
+    """Pieces of the DNA vocabulary, ``<unk>`` included. At most ``1 + letters + training
+    bases // 5`` (one merged piece per 5 training bases, see MIN_PAIR_COUNT); more is an error."""
     protein_vocab_size: int = Field(30000, ge=2)
+    """Pieces of the protein vocabulary, ``<unk>`` included; the same limit as for DNA."""
     dna_sentence_length: int = Field(1000, ge=8, le=100_000)
     """Bases per training sentence (window); records and N gaps always end a window."""
     protein_sentence_length: int = Field(2000, ge=8, le=100_000)
@@ -91,6 +123,9 @@ class TrainBpeConfig(StrictModel):
     """DNA: N runs at least this long (assembly gaps) end a window and are skipped; 0 keeps all."""
     protein_ambiguous: Literal["keep", "to_x", "error"] = "keep"
     """Protein: B, Z, J, U, O kept, mapped to X, or an error."""
+    strict_alphabet: bool = False
+    """Make a protein input that looks like DNA (at least 90% A/C/G/T/N/U residues) an error
+    naming the file, instead of a warning."""
     seed: int = 42
     num_threads: int | None = Field(None, ge=1)
     """SentencePiece training threads; default: every CPU this process may use."""
@@ -107,6 +142,7 @@ class TrainBpeConfig(StrictModel):
             iupac=self.iupac,
             n_run_min_length=self.n_run_min_length,
             protein_ambiguous=self.protein_ambiguous,
+            protein_hint="list it under protein_inputs, not dna_inputs",
         )
 
 
@@ -127,7 +163,6 @@ class KindStats:
     vocab_size_requested: int
     pieces: int
     chars_per_token_heldout: float
-    train_seconds: float
 
 
 class TrainBpe:
@@ -141,31 +176,53 @@ class TrainBpe:
 
     def check(self, cfg: TrainBpeConfig) -> list[str]:
         problems = []
+        readable = True
         for name, path in self.inputs(cfg).items():
             kind: SequenceKind = "dna" if name.startswith("dna") else "protein"
-            problem = _first_record_problem(path, cfg.policy(kind))
+            problem, dna_like = _inspect_start(path, cfg.policy(kind), cfg.strict_alphabet)
             if problem:
                 problems.append(f"{name}: {problem}")
+                readable = False
+            elif cfg.strict_alphabet and dna_like is not None:
+                problems.append(f"{name}: {_dna_like_message(path, *dna_like, strict=True)}")
+        if not readable:
+            return problems  # sizes of unreadable inputs mean nothing
+        sizes: tuple[tuple[SequenceKind, list[Path], int], ...] = (
+            ("dna", cfg.dna_inputs, cfg.dna_vocab_size),
+            ("protein", cfg.protein_inputs, cfg.protein_vocab_size),
+        )
+        for kind, paths, vocab_size in sizes:
+            problem = _vocab_size_problem_from_files(kind, paths, vocab_size, cfg)
+            if problem:
+                problems.append(problem)
         return problems
 
     def run(self, cfg: TrainBpeConfig, ctx: StageContext) -> None:
         stats: dict[str, KindStats] = {}
+        timings: dict[str, dict[str, float]] = {}
         jobs: tuple[tuple[SequenceKind, list[Path], int, int], ...] = (
             ("dna", cfg.dna_inputs, cfg.dna_vocab_size, cfg.dna_sentence_length),
             ("protein", cfg.protein_inputs, cfg.protein_vocab_size, cfg.protein_sentence_length),
         )
         for kind, paths, vocab_size, length in jobs:
             if paths:
-                stats[kind] = _train_one(kind, paths, vocab_size, length, cfg, ctx.out_dir)
+                stats[kind], timings[kind] = _train_one(
+                    kind, paths, vocab_size, length, cfg, ctx.out_dir
+                )
         write_text_atomic(
             ctx.out_dir / "stats.json",
             json.dumps({k: asdict(v) for k, v in stats.items()}, indent=2) + "\n",
+        )
+        # Wall-clock figures live apart, so every other output is byte-identical across runs.
+        write_text_atomic(
+            ctx.out_dir / "timings.json", json.dumps(timings, indent=2, sort_keys=True) + "\n"
         )
         for name, kind_stats in stats.items():
             ctx.report[f"{name}_pieces"] = kind_stats.pieces
             ctx.report[f"{name}_chars_per_token_heldout"] = round(
                 kind_stats.chars_per_token_heldout, 3
             )
+            ctx.report[f"{name}_train_seconds"] = timings[name]["train_seconds"]
 
 
 STAGE = TrainBpe()
@@ -178,16 +235,21 @@ def _train_one(
     sentence_length: int,
     cfg: TrainBpeConfig,
     out_dir: Path,
-) -> KindStats:
+) -> tuple[KindStats, dict[str, float]]:
+    """Read, check and train one kind: ``(its stats, its timings in seconds)``."""
     from llamagene.vocab import chars_per_token, train_hf_bpe, train_sentencepiece_bpe
 
     seq_stats = SequenceStats(0, 0, 0, 0, 0, 0)
     unit = "bp" if kind == "dna" else "aa"
-    sentences, heldout, chars_read = _sample_windows(
+    start = time.perf_counter()
+    sentences, heldout, chars_read, letters = _sample_windows(
         kind, paths, sentence_length, cfg, seq_stats, unit
     )
+    read_seconds = time.perf_counter() - start
     kept_chars = sum(map(len, sentences))
     heldout_chars = sum(map(len, heldout))
+    if kind == "protein":
+        _check_protein_alphabet(paths, letters, cfg.strict_alphabet)
     alphabet: set[str] = set()
     for text in sentences:
         alphabet.update(text)
@@ -196,6 +258,15 @@ def _train_one(
             f"{kind}_vocab_size {vocab_size} is smaller than the {kind} alphabet seen "
             f"({''.join(sorted(alphabet))}: {len(alphabet)} letters) plus <unk>: "
             f"use at least {len(alphabet) + 1}"
+        )
+    largest = largest_sensible_vocab_size(kept_chars, len(alphabet))
+    if vocab_size > largest:
+        raise StageError(
+            f"train_bpe.{kind}_vocab_size: {vocab_size} is more than {_amount(kept_chars, kind)} "
+            f"of {_KIND_WORD[kind]} can support; the largest sensible size is {largest:,} "
+            f"(<unk> + {len(alphabet)} letters + one merged piece per {MIN_PAIR_COUNT} of the "
+            f"{kept_chars:,} training {_UNIT_WORD[kind]}, so that each merge joins a pair seen "
+            f"at least {MIN_PAIR_COUNT} times): lower it, or give more input"
         )
     log.info(
         "train_bpe: %s: %d sentences, %.1f M%s -> %d pieces",
@@ -214,7 +285,7 @@ def _train_one(
                 num_threads=cfg.num_threads or len(os.sched_getaffinity(0)),
                 seed=cfg.seed,
             )
-    seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start
     write_bytes_atomic(out_dir / f"{kind}.model", model)
     pieces = _write_vocab(model, out_dir / f"{kind}.vocab")
     write_text_atomic(out_dir / f"{kind}_heldout.txt", "".join(f"{t}\n" for t in heldout))
@@ -222,8 +293,11 @@ def _train_one(
     log.info("train_bpe: %s: %d pieces, %.3f %s/token held out", kind, pieces, ratio, unit)
     if pieces < vocab_size:
         log.warning(
-            "train_bpe: %s: asked for %d pieces, the data supports %d", kind, vocab_size, pieces
-        )
+            "train_bpe: %s: asked for %d pieces, the trainer learned %d (it found no more pairs "
+            "to merge)",
+            kind, vocab_size, pieces,
+        )  # fmt: skip
+    timings = {"read_seconds": round(read_seconds, 2), "train_seconds": round(train_seconds, 2)}
     return KindStats(
         inputs=[str(p) for p in paths],
         records=seq_stats.records,
@@ -238,8 +312,7 @@ def _train_one(
         vocab_size_requested=vocab_size,
         pieces=pieces,
         chars_per_token_heldout=ratio,
-        train_seconds=round(seconds, 2),
-    )
+    ), timings
 
 
 def _sample_windows(
@@ -249,10 +322,12 @@ def _sample_windows(
     cfg: TrainBpeConfig,
     seq_stats: SequenceStats,
     unit: str,
-) -> tuple[list[str], list[str], int]:
-    """Stream the windows once: ``(training sentences in input order, held out, chars read)``."""
+) -> tuple[list[str], list[str], int, dict[str, tuple[int, int]]]:
+    """Stream the windows once: ``(training sentences in input order, held out, chars read,
+    per protein file: (residues in A/C/G/T/N/U, residues))``."""
     from tqdm import tqdm
 
+    letters: dict[str, tuple[int, int]] = {}
     rng = random.Random(f"{cfg.seed}:{kind}")
     # max-heap (by negated draw) of the kept training windows: (-draw, order, text)
     kept: list[tuple[float, int, str]] = []
@@ -267,6 +342,10 @@ def _sample_windows(
                 text = window.text
                 chars_read += len(text)
                 bar.update(len(text))
+                if kind == "protein":
+                    dna_like, total = letters.get(window.path, (0, 0))
+                    dna_like += sum(map(text.count, DNA_LIKE_LETTERS))
+                    letters[window.path] = (dna_like, total + len(text))
                 draw = rng.random()
                 if draw < cfg.heldout_fraction:
                     if heldout_chars + len(text) <= cfg.max_heldout_chars:
@@ -292,7 +371,100 @@ def _sample_windows(
     if not kept:
         raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
     sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
-    return sentences, heldout, chars_read
+    return sentences, heldout, chars_read, letters
+
+
+def largest_sensible_vocab_size(train_chars: int, letters: int) -> int:
+    """``1 (<unk>) + letters + train_chars // MIN_PAIR_COUNT``: a merge of a pair seen ``f``
+    times shortens the training text by ``f`` symbols, so ``n`` characters allow at most
+    ``n / k`` merges of pairs seen at least ``k`` times."""
+    return 1 + letters + train_chars // MIN_PAIR_COUNT
+
+
+_KIND_WORD: dict[SequenceKind, str] = {"dna": "DNA", "protein": "protein"}
+_UNIT_WORD: dict[SequenceKind, str] = {"dna": "bases", "protein": "residues"}
+
+
+def _amount(chars: int, kind: SequenceKind) -> str:
+    """``0.30 Mbp`` / ``2,800 bp`` (DNA), ``0.62 M residues`` / ``4,466 residues`` (protein)."""
+    if chars >= 100_000:
+        return f"{chars / 1e6:.2f} Mbp" if kind == "dna" else f"{chars / 1e6:.2f} M residues"
+    return f"{chars:,} bp" if kind == "dna" else f"{chars:,} residues"
+
+
+def _vocab_size_problem_from_files(
+    kind: SequenceKind, paths: list[Path], vocab_size: int, cfg: TrainBpeConfig
+) -> str | None:
+    """The size check from the files' sizes, reading no more than the check needs.
+
+    A file's bytes (decompressed) bound its residues from above; only when they are too few are
+    the (then small) files parsed, for their residues or a format error, which comes first. The
+    alphabet is taken whole, so this never refuses a size that the run's exact check accepts."""
+    if not paths:
+        return None
+    letters = len(LETTERS[kind])
+    need = (vocab_size - 1 - letters) * MIN_PAIR_COUNT  # training characters it needs
+    if need <= 0:
+        return None
+    key = f"{kind}_vocab_size: {vocab_size}"
+    if cfg.max_train_chars < need:
+        largest = largest_sensible_vocab_size(cfg.max_train_chars, letters)
+        return (
+            f"{key} is more than max_train_chars ({cfg.max_train_chars:,}) can support; the "
+            f"largest sensible size is at most {largest:,} (<unk> + {letters} letters + one "
+            f"merged piece per {MIN_PAIR_COUNT} training characters): lower it, or raise "
+            f"max_train_chars"
+        )
+    total = 0
+    for path in paths:
+        try:
+            total += decompressed_size_upto(path, need - total)
+        except (OSError, EOFError, ValueError):
+            return None  # unreadable: the format check says why
+        if total >= need:
+            return None
+    stats = SequenceStats()
+    for i, path in enumerate(paths):
+        try:
+            for _ in iter_fragments(path, cfg.policy(kind), stats):
+                pass
+        except SequenceFormatError as err:
+            return f"{kind}_inputs[{i}]: {err}"
+        except OSError:
+            return None
+    largest = largest_sensible_vocab_size(min(stats.residues, cfg.max_train_chars), letters)
+    return (
+        f"{key} is more than {_amount(stats.residues, kind)} of {_KIND_WORD[kind]} can "
+        f"support; the largest sensible size is at most {largest:,} (<unk> + {letters} letters "
+        f"+ one merged piece per {MIN_PAIR_COUNT} training {_UNIT_WORD[kind]}, so that each "
+        f"merge joins a pair seen at least {MIN_PAIR_COUNT} times): lower it, or give more input"
+    )
+
+
+def _check_protein_alphabet(
+    paths: list[Path], letters: dict[str, tuple[int, int]], strict: bool
+) -> None:
+    """Warn about (or, if strict, refuse) protein inputs whose residues look like DNA."""
+    for i, path in enumerate(paths):
+        dna_like, total = letters.get(str(path), (0, 0))
+        if total and dna_like >= DNA_LIKE_FRACTION * total:
+            message = _dna_like_message(path, dna_like, total, strict)
+            if strict:
+                raise StageError(f"train_bpe.protein_inputs[{i}]: {message}")
+            log.warning("train_bpe: protein_inputs[%d]: %s", i, message)
+
+
+def _dna_like_message(path: Path, dna_like: int, total: int, strict: bool) -> str:
+    action = (
+        "set strict_alphabet: false to train on it anyway"
+        if strict
+        else "strict_alphabet: true makes this an error"
+    )
+    return (
+        f"{path}: {dna_like / total:.1%} of its {total:,} residues read are A/C/G/T/N/U (at "
+        f"least {DNA_LIKE_FRACTION:.0%} looks like DNA): if it holds DNA, list it under "
+        f"dna_inputs ({action})"
+    )
 
 
 @contextlib.contextmanager
@@ -324,14 +496,29 @@ def _write_vocab(model: bytes, path: Path) -> int:
     return len(proto.pieces)
 
 
-def _first_record_problem(path: Path, policy: SequencePolicy) -> str | None:
-    """What is wrong with ``path`` as judged from its first sequence line; None if nothing."""
+def _inspect_start(
+    path: Path, policy: SequencePolicy, peek: bool
+) -> tuple[str | None, tuple[int, int] | None]:
+    """Judge ``path`` from its first sequence line: ``(what is wrong, or None; None, or for
+    protein that looks like DNA: (residues in A/C/G/T/N/U, residues))``. With ``peek``, a
+    protein file's alphabet is judged from its first ALPHABET_PEEK_RESIDUES residues."""
     if not path.is_file():
-        return f"{path} does not exist" if not path.exists() else f"{path} is not a file"
+        return (f"{path} does not exist" if not path.exists() else f"{path} is not a file"), None
+    dna_like = total = 0
     try:
-        next(iter_fragments(path, policy), None)
+        fragments = iter_fragments(path, policy)
+        if policy.kind == "dna" or not peek:
+            next(fragments, None)
+            return None, None
+        for fragment in itertools.islice(fragments, ALPHABET_PEEK_RESIDUES):
+            dna_like += sum(map(fragment.text.count, DNA_LIKE_LETTERS))
+            total += len(fragment.text)
+            if total >= ALPHABET_PEEK_RESIDUES:
+                break
     except SequenceFormatError as err:
-        return str(err)
+        return str(err), None
     except OSError as err:
-        return f"{path}: {err}"
-    return None
+        return f"{path}: {err}", None
+    if total and dna_like >= DNA_LIKE_FRACTION * total:
+        return None, (dna_like, total)
+    return None, None

@@ -270,7 +270,7 @@ def load_table_spec(path: Path) -> TableSpec:
     try:
         return TableSpec.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as err:
-        raise ConfigError(str(path), format_validation_error(err)) from None
+        raise ConfigError(str(path), format_validation_error(err, model=TableSpec)) from None
 
 
 def load_table(path: Path) -> FileTask:

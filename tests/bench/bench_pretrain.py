@@ -150,6 +150,7 @@ def _run_pretrain(pipeline: Path, launcher: str | None, extra: list[str]) -> dic
         raise SystemExit(f"pretrain failed:\n{done.stderr[-4000:]}")
     run_dir = Path(yaml.safe_load(pipeline.read_text())["run_dir"])
     report: dict[str, Any] = json.loads((run_dir / "pretrain" / "report.json").read_text())
+    report |= json.loads((run_dir / "pretrain" / "timings.json").read_text())  # wall-clock figures
     report["stage_wall_s"] = round(time.perf_counter() - start, 1)
     return report
 

@@ -201,6 +201,7 @@ def bench_train(args: argparse.Namespace, work: Path, real: list[Path]) -> dict[
     if proc.returncode:
         raise SystemExit(f"train_bpe failed (exit {proc.returncode}): {' '.join(cmd)}")
     stats = json.loads((run_dir / "train_bpe/stats.json").read_text())["dna"]
+    timings = json.loads((run_dir / "train_bpe/timings.json").read_text())["dna"]
     return {
         "command": " ".join(cmd),
         "real_mbp": real_bp / 1e6,
@@ -211,7 +212,7 @@ def bench_train(args: argparse.Namespace, work: Path, real: list[Path]) -> dict[
         "train_chars": stats["train_chars"],
         "pieces": stats["pieces"],
         "wall_seconds": round(wall, 1),
-        "sentencepiece_seconds": stats["train_seconds"],
+        "sentencepiece_seconds": timings["train_seconds"],
         "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,  # ru_maxrss is in KiB on Linux
         "cores": CORES,
     }

@@ -41,7 +41,7 @@ def test_outputs_and_manifest(done: Pipeline) -> None:
     bpe = run_dir / "train_bpe"
     assert {p.name for p in bpe.iterdir()} == {
         "dna.model", "dna.vocab", "dna_heldout.txt", "protein.model", "protein.vocab",
-        "protein_heldout.txt", "stats.json", "config.json",
+        "protein_heldout.txt", "stats.json", "timings.json", "config.json",
     }  # fmt: skip
     tok_dir = run_dir / "merge_vocab" / "tokenizer"
     assert {p.name for p in tok_dir.iterdir()} == {
@@ -91,13 +91,22 @@ def test_config_change_reruns_stage_and_downstream(done: Pipeline) -> None:
     assert _ran(changed) == ["train_bpe", "merge_vocab"]
 
 
-def test_upstream_rerun_makes_downstream_stale(done: Pipeline) -> None:
+def test_upstream_rerun_with_identical_outputs_is_an_early_cutoff(done: Pipeline) -> None:
     assert _ran(done, only=["train_bpe"], force=True) == ["train_bpe"]
-    assert _reasons(done) == {
+    assert _reasons(done) == {"train_bpe": [], "merge_vocab": []}
+    notes = {st.name: st.notes for st in done.status()}
+    assert notes["merge_vocab"] == ["train_bpe re-ran with identical outputs"]
+    assert _ran(done) == []
+
+
+def test_upstream_rerun_with_new_outputs_makes_downstream_stale(done: Pipeline) -> None:
+    changed = load_pipeline(done.path, ["train_bpe.dna_vocab_size=250"])
+    assert _ran(changed, only=["train_bpe"]) == ["train_bpe"]
+    assert _reasons(changed) == {
         "train_bpe": [],
-        "merge_vocab": ["upstream stage train_bpe re-ran since"],
+        "merge_vocab": ["upstream stage train_bpe re-ran since, with different outputs"],
     }
-    assert _ran(done) == ["merge_vocab"]
+    assert _ran(changed) == ["merge_vocab"]
 
 
 def test_downstream_change_leaves_upstream(done: Pipeline) -> None:
@@ -109,9 +118,9 @@ def test_downstream_change_leaves_upstream(done: Pipeline) -> None:
 def test_input_change_is_detected(done: Pipeline, tmp_path: Path) -> None:
     fasta = tmp_path / "extra.fa"
     fasta.write_text(">x\nACGTACGTTGCA\n")
-    pipeline = load_pipeline(
-        done.path, [f"train_bpe.dna_inputs=[{fasta}]", "train_bpe.min_sentence_length=4"]
-    )
+    overrides = [f"train_bpe.dna_inputs=[{fasta}]", "train_bpe.min_sentence_length=4"]
+    overrides.append("train_bpe.dna_vocab_size=7")  # 12 bases support at most 7 pieces
+    pipeline = load_pipeline(done.path, overrides)
     _ran(pipeline)
     fasta.write_text(">x\nACGTACGTTGCC\n")
     reasons = _reasons(pipeline)
@@ -138,7 +147,7 @@ def test_failed_stage_is_rerun_and_keeps_previous_output(done: Pipeline) -> None
     assert "failed last time: StageError" in _reasons(broken)["train_bpe"][0]
     assert (done.run_dir / "train_bpe" / "dna.model").is_file()  # the old output is untouched
     assert not list(done.run_dir.glob(".train_bpe.tmp-*"))
-    assert _ran(done) == ["train_bpe", "merge_vocab"]
+    assert _ran(done) == ["train_bpe"]  # its outputs come out as before: merge_vocab stays
 
 
 def test_killed_run_is_rerun(done: Pipeline) -> None:
@@ -151,7 +160,7 @@ def test_killed_run_is_rerun(done: Pipeline) -> None:
     (leftover / "dna.model").write_bytes(b"half")
     reasons = _reasons(done)
     assert reasons["train_bpe"][0].startswith("did not finish")
-    assert _ran(done) == ["train_bpe", "merge_vocab"]
+    assert _ran(done) == ["train_bpe"]  # same outputs as before the kill: merge_vocab stays
     assert not leftover.exists()
 
 

@@ -1,6 +1,7 @@
 """Stage ``pretrain`` end to end on a tiny LLaMA built from a config, on the CPU.
 
-One reference run (one process, no DeepSpeed) is shared by the tests of this module. Two more
+One reference run (one process, no DeepSpeed; :mod:`pretrain_setup`) is shared by the tests of
+this module and of ``test_reliability_checkpoints.py``. Two more
 runs check that (a) the same training under the cluster wrapper with 2 processes and DeepSpeed
 ZeRO-2 (gloo) logs the same losses, and (b) a run SIGKILLed right after a checkpoint and rerun
 ends with the very same adapter as the uninterrupted run.
@@ -17,8 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
-from conftest import FIXTURES, GENOMES, write_pipeline
+from pretrain_setup import PRETRAIN, logged_losses, reference_run, run_cli, setup_pipeline
 from safetensors.torch import load_file
 
 from llamagene.alphabets import to_model_text
@@ -33,90 +33,26 @@ ZERO3 = REPO / "pipelines" / "deepspeed" / "zero3.json"
 #: Loss of a 2-process ZeRO-2 run vs the 1-process run, per logged step (measured: < 1e-6).
 MULTI_PROCESS_LOSS_TOLERANCE = 1e-4
 
-PRETRAIN: dict[str, Any] = {
-    "base_model_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    },
-    "data_recipe": "recipe.yaml",
-    "block_size": 64,
-    "lora": {"r": 4, "dropout": 0.0},  # dropout masks differ between 1 and 2 processes
-    "embedding_training": "trainable_tokens",
-    "data_workers": 1,
-    "training": {
-        "max_steps": 12,
-        "micro_batch_size": 2,
-        "global_batch_size": 4,
-        "learning_rate": 0.01,
-        "save_every_steps": 4,
-        "eval_every_steps": 6,
-        "log_every_steps": 2,
-        "gradient_checkpointing": True,
-    },
-}
-RECIPE = {
-    "seed": 7,
-    "validation_fraction": 0.1,
-    "sources": [
-        {
-            "name": "dna",
-            "kind": "dna",
-            "paths": [str(GENOMES / "genes_a.fa"), str(GENOMES / "genes_b.fa.gz")],
-            "window_chars": 512,
-        },
-        {"name": "protein", "kind": "protein", "paths": [str(GENOMES / "proteins.faa")]},
-        {
-            "name": "english",
-            "kind": "text",
-            "paths": [str(FIXTURES / "corpus" / "prose.txt")],
-            "weight": 0.05,  # the prose is tiny: a larger share would shrink the whole mix
-        },
-    ],
-}
-
-
-def _setup(root: Path, **pretrain: Any) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
-    return write_pipeline(root, pretrain={**PRETRAIN, **pretrain})
-
-
-def _llamagene(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llamagene", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        timeout=600,
-        check=False,
-    )
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    lines = (run_dir / "pretrain" / "logs" / "metrics.jsonl").read_text().splitlines()
-    return {rec["step"]: rec["loss"] for rec in map(json.loads, lines) if "loss" in rec}
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of an uninterrupted one-process run (in a subprocess, like the runs it is
-    compared with: one CPU thread each, so float sums add up in the same order)."""
-    pipeline = _setup(tmp_path_factory.mktemp("reference"))
-    done = _llamagene("run", str(pipeline))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return pipeline.parent / "run"
+    """The run dir of an uninterrupted one-process run (shared with other modules)."""
+    return reference_run(tmp_path_factory)
 
 
 def test_loss_falls_and_outputs_are_complete(reference: Path) -> None:
     out = reference / "pretrain"
-    losses = _losses(reference)
+    losses = logged_losses(reference)
     assert sorted(losses) == [1, 2, 4, 6, 8, 10, 12]
     assert losses[12] < losses[1] - 0.2, losses
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 12 and report["processes"] == 1
     assert report["eval_loss"] < losses[1]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["tokens_per_s"] > 0 and timings["resumed_from_step"] == 0
+    assert (
+        "tokens_per_s" not in report and "throughput" not in (out / "corpus_stats.json").read_text()
+    )
     for name in (
         "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
         "adapter/llamagene_adapter.json", "adapter/tokenizer.json",
@@ -181,30 +117,32 @@ def test_export_loads_with_auto_classes_and_matches_the_adapter(reference: Path)
 
 
 def test_killed_run_resumes_to_the_same_adapter(reference: Path, tmp_path: Path) -> None:
-    pipeline = _setup(tmp_path)
-    killed = _llamagene("run", str(pipeline), env={KILL_AFTER_SAVE_ENV: "8"})
+    pipeline = setup_pipeline(tmp_path)
+    killed = run_cli("run", str(pipeline), env={KILL_AFTER_SAVE_ENV: "8"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     checkpoints = list((tmp_path / "run" / ".work" / "pretrain").glob("*/checkpoints/checkpoint-8"))
     assert checkpoints, "the run was not killed after its step-8 checkpoint"
     assert not (tmp_path / "run" / "pretrain").exists()
-    status = _llamagene("status", str(pipeline))
+    status = run_cli("status", str(pipeline))
     assert "did not finish" in status.stdout
 
-    resumed = _llamagene("run", str(pipeline))
+    resumed = run_cli("run", str(pipeline))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    report = json.loads((tmp_path / "run" / "pretrain" / "report.json").read_text())
-    assert report["resumed_from_step"] == 8
+    timings = json.loads((tmp_path / "run" / "pretrain" / "timings.json").read_text())
+    assert timings["resumed_from_step"] == 8
+    report = (tmp_path / "run" / "pretrain" / "report.json").read_text()
+    assert report == (reference / "pretrain" / "report.json").read_text()  # train_loss too
     got = load_file(str(tmp_path / "run" / "pretrain" / "adapter" / "adapter_model.safetensors"))
     want = load_file(str(reference / "pretrain" / "adapter" / "adapter_model.safetensors"))
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
-    assert _losses(tmp_path / "run") == _losses(reference)
+    assert logged_losses(tmp_path / "run") == logged_losses(reference)
 
 
 def _two_process_run(tmp_path: Path, zero_config: Path, **pretrain: Any) -> Path:
-    pipeline = _setup(tmp_path, **pretrain)
-    upstream = _llamagene("run", str(pipeline), "--only", "train_bpe", "--only", "merge_vocab")
+    pipeline = setup_pipeline(tmp_path, **pretrain)
+    upstream = run_cli("run", str(pipeline), "--only", "train_bpe", "--only", "merge_vocab")
     assert upstream.returncode == 0, upstream.stderr[-3000:]
     done = subprocess.run(
         ["bash", str(LAUNCH), "--local", "--nproc", "2", str(pipeline), "pretrain",
@@ -221,7 +159,7 @@ def test_two_processes_with_zero2_match_one_process(reference: Path, tmp_path: P
     report = json.loads((run_dir / "pretrain" / "report.json").read_text())
     assert report["processes"] == 2 and report["deepspeed_zero_stage"] == 2
     assert report["gradient_accumulation"] == 1
-    want, got = _losses(reference), _losses(run_dir)
+    want, got = logged_losses(reference), logged_losses(run_dir)
     assert got.keys() == want.keys()
     for step, loss in want.items():
         assert got[step] == pytest.approx(loss, rel=MULTI_PROCESS_LOSS_TOLERANCE), step
@@ -232,21 +170,21 @@ def test_two_processes_with_zero3_and_full_embedding_copies(tmp_path: Path) -> N
     run_dir = _two_process_run(tmp_path, ZERO3, embedding_training="modules_to_save")
     report = json.loads((run_dir / "pretrain" / "report.json").read_text())
     assert report["deepspeed_zero_stage"] == 3 and report["export"]["max_logit_diff"] < 1e-3
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[12] < losses[1] - 0.2
 
 
 def test_pretrain_config_errors_are_reported_together(tmp_path: Path) -> None:
     bad_ds = tmp_path / "ds.json"
     bad_ds.write_text("{not json")
-    pipeline = _setup(tmp_path, base_model=str(tmp_path / "nowhere"), deepspeed=str(bad_ds))
-    result = _llamagene("validate", str(pipeline))
+    pipeline = setup_pipeline(tmp_path, base_model=str(tmp_path / "nowhere"), deepspeed=str(bad_ds))
+    result = run_cli("validate", str(pipeline))
     assert result.returncode == 2
     assert "exactly one of base_model and base_model_config" in result.stderr
 
-    pipeline = _setup(tmp_path, base_model_config=None, base_model=str(tmp_path))
+    pipeline = setup_pipeline(tmp_path, base_model_config=None, base_model=str(tmp_path))
     (tmp_path / "recipe.yaml").write_text("sources: [{name: x, kind: dna, paths: [gone.fa]}]\n")
-    result = _llamagene("validate", str(pipeline), f"pretrain.deepspeed={bad_ds}")
+    result = run_cli("validate", str(pipeline), f"pretrain.deepspeed={bad_ds}")
     assert result.returncode == 2
     assert f"base_model: {tmp_path} is not a HF model folder" in result.stderr
     assert "recipe.yaml" in result.stderr and "gone.fa does not exist" in result.stderr
@@ -254,8 +192,8 @@ def test_pretrain_config_errors_are_reported_together(tmp_path: Path) -> None:
 
 
 def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
-    pipeline = _setup(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 3})
-    result = _llamagene("run", str(pipeline))
+    pipeline = setup_pipeline(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 3})
+    result = run_cli("run", str(pipeline))
     assert result.returncode == 1
     assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
 
@@ -264,7 +202,7 @@ def test_demo_pipeline_pretrains(tmp_path: Path) -> None:
     """README's main job, cut to 2 optimizer steps: the demo recipe and model config work."""
     from llamagene.cli import DEMO_PIPELINE
 
-    result = _llamagene(
+    result = run_cli(
         "run", str(DEMO_PIPELINE), f"run_dir={tmp_path / 'demo'}",
         "pretrain.training.max_steps=2", "pretrain.training.eval_every_steps=2",
     )  # fmt: skip
@@ -285,10 +223,10 @@ def test_local_hf_base_model_folder(tmp_path: Path) -> None:
     )
     LlamaForCausalLM(config).save_pretrained(str(tmp_path / "base"))
     training = {**PRETRAIN["training"], "max_steps": 2, "eval_every_steps": 2}
-    pipeline = _setup(
+    pipeline = setup_pipeline(
         tmp_path, base_model_config=None, base_model=str(tmp_path / "base"), training=training
     )
-    result = _llamagene("run", str(pipeline))
+    result = run_cli("run", str(pipeline))
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run" / "pretrain"
     assert not (out / "base_model").exists()  # the user's base is not copied
@@ -296,10 +234,10 @@ def test_local_hf_base_model_folder(tmp_path: Path) -> None:
     assert info["base_model"] == str(tmp_path / "base") and info["rows"] % 64 == 0
     merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"))
     assert merged.get_input_embeddings().weight.shape[0] == info["rows"]
-    status = _llamagene("status", str(pipeline))
+    status = run_cli("status", str(pipeline))
     assert "pretrain     up to date" in status.stdout
     (tmp_path / "base" / "config.json").write_text(
         (tmp_path / "base" / "config.json").read_text().replace("1e-06", "1e-05")
     )
-    status = _llamagene("status", str(pipeline))
+    status = run_cli("status", str(pipeline))
     assert "input base_model changed" in status.stdout or "base_model" in status.stdout

@@ -104,7 +104,7 @@ def test_iupac_to_n_and_error(tmp_path: Path) -> None:
     assert texts(p, SequencePolicy("dna", n_run_min_length=0)) == {"a": "ACNNNNNNNNNN" * 2 + "T"}
     err = error(p, SequencePolicy("dna", iupac="error"))
     assert (err.line, err.record) == (2, "a")
-    assert "'R'" in err.reason and "column 3" in err.reason and "iupac='to_n'" in err.reason
+    assert "'R'" in err.reason and "column 3" in err.reason and "iupac: to_n" in err.reason
 
 
 def test_n_run_splitting_and_disabling(tmp_path: Path) -> None:
@@ -275,7 +275,8 @@ def test_invalid_character_message(tmp_path: Path) -> None:
     err = error(p)
     assert (err.path, err.line, err.record) == (str(p), 5, "chr7")
     assert str(err).startswith(f"{p}:5: record 'chr7': invalid character 'E' at column 5")
-    assert "kind='protein'" in str(err) and "\n" not in str(err)
+    assert "list it under protein_inputs" in str(err) and "set kind: protein" in str(err)
+    assert "\n" not in str(err)
     err = error(write(tmp_path, ">a\nACéT\n"))
     assert "'é'" in err.reason and "column 3" in err.reason
 
