@@ -199,6 +199,12 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def terminate_with_parent() -> None:
+    """``preexec_fn`` for a launcher (torchrun, deepspeed): SIGTERM when llamagene dies, which
+    it handles by stopping its own workers."""
+    die_with_parent(signal.SIGTERM)
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         st = path.stat()

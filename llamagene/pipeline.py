@@ -404,6 +404,11 @@ def _run_stage(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
             raise StageError(_disk_error(stage.name, err, run_dir)) from None
+        if not isinstance(err, LlamageneError | KeyboardInterrupt) and _disk_full(run_dir):
+            # libraries report a full disk in their own words (torch: "file write failed")
+            full = OSError(errno.ENOSPC, "disk full", str(run_dir))
+            message = f"{_disk_error(stage.name, full, run_dir)} (it said {_describe(err)})"
+            raise StageError(message) from None
         raise
     finally:
         if owner is not None:
@@ -420,6 +425,13 @@ def _same_outputs(previous: StageRecord | None, record: StageRecord) -> bool:
     if previous is None or previous.status != "done":
         return False
     return outputs_digest(previous.outputs) == outputs_digest(record.outputs)
+
+
+def _disk_full(run_dir: Path) -> bool:
+    try:
+        return shutil.disk_usage(run_dir).free < MIN_FREE_BYTES
+    except OSError:
+        return False
 
 
 def _disk_error(stage: str, err: OSError, run_dir: Path) -> str:

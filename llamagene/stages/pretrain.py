@@ -40,6 +40,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from llamagene import locks
 from llamagene.config import InputPath, StrictModel, to_plain
 from llamagene.errors import ConfigError, StageError
 from llamagene.manifest import write_text_atomic
@@ -229,7 +230,8 @@ def _run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None) -
     command = [program, *launcher[1:], "--module", "llamagene.training", str(spec_path)]
     log.info("pretrain: starting workers: %s", " ".join(command))
     try:
-        done = subprocess.run(command, check=False)
+        # SIGTERM, not SIGKILL: the launcher (torchrun, deepspeed) then stops its own workers
+        done = subprocess.run(command, check=False, preexec_fn=locks.terminate_with_parent)
     except FileNotFoundError:
         raise StageError(f"launcher not found: {launcher[0]} (is it on PATH?)") from None
     if done.returncode != 0:

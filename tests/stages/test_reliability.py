@@ -194,6 +194,38 @@ def test_forked_children_do_not_hold_the_run_lock(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
 
 
+def test_a_launcher_is_stopped_when_llamagene_dies(tmp_path: Path) -> None:
+    # pretrain starts torchrun / deepspeed with this preexec_fn; kill the starter, see it go
+    script = (
+        "import os, signal, subprocess, sys\n"
+        "from llamagene import locks\n"
+        "child = subprocess.Popen(['sleep', '120'], preexec_fn=locks.terminate_with_parent)\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the launcher outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # ---- 3. the manifest loads through a typed schema -----------------------------------------
 
 
@@ -335,6 +367,34 @@ def test_a_full_disk_during_a_stage_is_one_line_and_the_manifest_stays_valid(
     assert {st.name: st.state for st in done.status()}["train_bpe"] == "failed"
     assert (done.run_dir / "train_bpe" / "dna.model").read_bytes() == before
     assert not list(done.run_dir.glob(".*.tmp-*"))
+
+
+def test_a_full_disk_is_refused_before_any_work(
+    make_pipeline: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(make_pipeline())
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 9, 1 << 20))  # type: ignore[attr-defined]
+    for command in ("validate", "run"):
+        assert main([command, path]) == 2
+        err = capsys.readouterr().err
+        assert "run_dir: the disk holding" in err and "is full (1.0 MiB free)" in err
+
+
+def test_a_library_failing_on_a_full_disk_is_reported_as_a_full_disk(
+    done: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def torch_save_on_a_full_disk(cfg: Any, ctx: Any) -> None:
+        usage = shutil._ntuple_diskusage(10, 10, 0)  # type: ignore[attr-defined]
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: usage)
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64")
+
+    monkeypatch.setattr(TRAIN_BPE, "run", torch_save_on_a_full_disk)
+    with pytest.raises(StageError) as caught:
+        done.run(only=["train_bpe"], force=True)
+    message = str(caught.value)
+    assert message.startswith("train_bpe: no space left on the device (")
+    assert "it said RuntimeError: [enforce fail" in message
+    assert Manifest.load(done.run_dir).stages["train_bpe"].status == "failed"
 
 
 @pytest.mark.parametrize(
