@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import FIXTURES, GENOMES, write_pipeline
+from pretrain_setup import PRETRAIN
 
 from llamagene import locks
 from llamagene.cli import main
@@ -46,16 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 MARK_ENV = "LLAMAGENE_TEST_MARK"
 PROMOTER = {"source": "table", "spec": str(FIXTURES / "tasks" / "table" / "promoter.yaml")}
 TINY_PRETRAIN: dict[str, Any] = {
-    "base_model_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    },
-    "data_recipe": "recipe.yaml",
-    "block_size": 64,
-    "lora": {"r": 4},
-    "embedding_training": "trainable_tokens",
+    **PRETRAIN,
     "data_workers": 2,  # tokenizing in forked workers: the case that orphaned them
     "export_merged": False,
     "training": {"max_steps": 2, "micro_batch_size": 2, "global_batch_size": 2},
