@@ -299,7 +299,10 @@ def assess(
     for up in stage.upstream:
         up_record = manifest.stages.get(up)
         if up in rerun:
-            reasons.append(f"upstream stage {up} is stale and will re-run")
+            reasons.append(
+                f"upstream stage {up} is stale and will re-run "
+                f"(this one follows only if {up}'s outputs change)"
+            )
         elif up_record is None or up_record.status != "done":
             reasons.append(f"upstream stage {up} has no finished output")
         elif up_record.run_id != record.upstream.get(up):
