@@ -1,17 +1,17 @@
 """The run record: ``<run_dir>/manifest.json``, written by the machine, DVC-lock style.
 
 For every stage it keeps the resolved config, each input and output file with its size,
-modification time and SHA-256, the upstream stages' run ids, tool versions, the git commit, the
-status (``running``, ``done``, ``failed``), start and end times, and the stage's report (figures
-such as bases/token or token id ranges).
+modification time and SHA-256, the upstream stages' run ids and output digests, tool versions,
+the git commit, the status (``running``, ``done``, ``failed``) and the process that set it, start
+and end times, and the stage's report (figures such as bases/token or token id ranges).
 
 A stage is stale when it never ran, did not finish, its config changed, an input or an output
-changed, or an upstream stage's outputs changed or may change; :func:`why_stale` says which, in
-words. Downstream stages follow their upstream's output *content* (:func:`outputs_digest`), not
-its run id: a stage that re-runs and writes byte-identical outputs leaves the stages after it up
-to date (an early cutoff, as in DVC and Bazel). Volatile files (``timings.json``, ``logs/``:
-wall-clock figures) are neither recorded nor compared, and files nobody recorded in an output
-folder are reported as stray, not taken for a change.
+changed, or an upstream stage's outputs changed or may change; ``llamagene.pipeline.assess``
+says which, in words. Downstream stages follow their upstream's output *content*
+(:func:`outputs_digest`), not its run id: a stage that re-runs and writes byte-identical outputs
+leaves the stages after it up to date (an early cutoff, as in DVC and Bazel). Volatile files
+(``timings.json``, ``logs/``: wall-clock figures) are neither recorded nor compared, and files
+nobody recorded in an output folder are reported as stray, not taken for a change.
 
 Files are re-hashed only when their size or modification time moved, so checking a run with a
 3 GB genome input costs a ``stat``, not a read. The file is replaced atomically (temp + rename),

@@ -316,13 +316,6 @@ def assess(
     return reasons, notes
 
 
-def why_stale(
-    stage: Stage, cfg: Any, manifest: Manifest, run_dir: Path, rerun: set[str]
-) -> list[str]:
-    """Reasons the stage must run again, in words; empty when it is up to date."""
-    return assess(stage, cfg, manifest, run_dir, rerun)[0]
-
-
 def run_dir_problems(run_dir: Path) -> list[str]:
     """Why ``run_dir`` cannot hold a run (not a folder, not writable, a full disk), found
     without writing anything; empty when it can."""
