@@ -1,7 +1,8 @@
 """Who owns a run folder or a temporary folder, and whether that owner is still alive.
 
-    with hold(run_dir / ".lock", "llamagene run") as lock:   # None: another live process has it
-        ...
+    lock = try_acquire(run_dir / ".lock", "llamagene run")  # None: a live process has it
+    ...
+    lock.release()
     holder(run_dir / ".lock")   # -> Holder(pid, host, since, what) while someone holds it
     remove_unowned(cache_dir, ".tmp-*")   # temporary folders whose owner died
 
@@ -37,7 +38,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class Holder:
 
 
 class Lock:
-    """A held lock; :func:`hold` or :func:`try_acquire` give one, :meth:`release` ends it."""
+    """A held lock; :func:`try_acquire` gives one, :meth:`release` ends it."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
@@ -114,17 +114,6 @@ def try_acquire(path: Path, what: str) -> Lock | None:
         _held[fd] = path
         return Lock(path, fd)
     raise OSError(errno.EAGAIN, "the lock file keeps being replaced", str(path))
-
-
-@contextlib.contextmanager
-def hold(path: Path, what: str, remove: bool = False) -> Iterator[Lock | None]:
-    """``try_acquire`` as a context manager; yields None when another live process holds it."""
-    lock = try_acquire(path, what)
-    try:
-        yield lock
-    finally:
-        if lock is not None:
-            lock.release(remove=remove)
 
 
 def holder(path: Path) -> Holder | None:

@@ -414,13 +414,6 @@ def checkpoint_problem(folder: Path, deepspeed_config: dict[str, Any] | None = N
     return next((p for p in problems if p is not None), None)
 
 
-def latest_checkpoint(
-    checkpoints: Path, deepspeed_config: dict[str, Any] | None = None
-) -> Path | None:
-    """The newest complete ``checkpoint-N`` in ``checkpoints`` (see :func:`checkpoint_problem`)."""
-    return _newest_complete(checkpoints, deepspeed_config)[0]
-
-
 def resume_checkpoint(
     checkpoints: Path,
     deepspeed_config: dict[str, Any] | None = None,

@@ -27,7 +27,6 @@ from llamagene.training import (
     _mean_train_loss,
     _trim_metrics,
     checkpoint_problem,
-    latest_checkpoint,
     resume_checkpoint,
 )
 
@@ -192,17 +191,20 @@ def test_each_kind_of_deepspeed_damage_is_named(tmp_path: Path, damage: str) -> 
 
 
 def test_the_newest_complete_checkpoint_is_chosen_by_step(tmp_path: Path) -> None:
-    assert latest_checkpoint(tmp_path / "none") is None
+    assert resume_checkpoint(tmp_path / "none", tidy=False) is None
     for step in (9, 10, 100):
         _checkpoint(tmp_path, step)
     (tmp_path / "checkpoint-200").write_text("a file, not a folder")
     _checkpoint(tmp_path / "x", 300)
     shutil.move(tmp_path / "x" / "checkpoint-300", tmp_path / "checkpoint-latest")
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-100"  # not lexical order
+    # by step, not in lexical order
+    assert (
+        resume_checkpoint(tmp_path, tidy=False) == tmp_path / "checkpoint-100"
+    )  # not lexical order
     _cut(tmp_path / "checkpoint-100" / "trainer_state.json")
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert resume_checkpoint(tmp_path, tidy=False) == tmp_path / "checkpoint-10"
     (tmp_path / "checkpoint-10" / "optimizer.pt").unlink()
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-9"
+    assert resume_checkpoint(tmp_path, tidy=False) == tmp_path / "checkpoint-9"
 
 
 def test_incomplete_newest_checkpoints_are_logged_and_removed(
