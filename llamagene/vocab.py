@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from llamagene.alphabets import LETTERS, SequenceKind, model_code
 from llamagene.errors import StageError
 from llamagene.manifest import write_bytes_atomic, write_text_atomic
+from llamagene.prompt_format import write_chat_template
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -404,6 +405,7 @@ def save_hf_tokenizer(merged: MergedVocab, out_dir: Path, model_max_length: int)
     }
     write_text_atomic(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     write_text_atomic(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+    write_chat_template(out_dir)  # the prompt format, for apply_chat_template
     meta = {
         "format": "llamagene-tokenizer",
         "version": 1,

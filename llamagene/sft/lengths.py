@@ -1,9 +1,10 @@
 """Exact token counts of instruction rows, and trimming a sequence to a token budget fast.
 
-:class:`TokenCounter` counts a row as fine-tuning sees it: BOS + prompt + answer + EOS, prompt and
-answer encoded separately (so the loss mask is exact), sequence markup mapped into the merged
-tokenizer's alphabets first. ``build_sft`` writes the count into every row and ``llamagene
-templates preview`` prints the same count.
+:class:`TokenCounter` counts a row as fine-tuning sees it, in the prompt format
+(:mod:`llamagene.prompt_format`): BOS, the prompt and the cue, the answer, EOS, sequence markup
+mapped into the merged tokenizer's alphabets first. ``build_sft`` writes the count into every
+row and ``llamagene templates preview`` prints the same count; a test checks it against
+:meth:`PromptFormat.encode <llamagene.prompt_format.PromptFormat.encode>` on every demo row.
 
 It counts by parts, exactly: no merged piece mixes a sequence alphabet with text (see
 :mod:`llamagene.alphabets`), so BPE never merges across the edge of a ``<dna>``/``<protein>``
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from llamagene.alphabets import SequenceKind, encode_markup, split_markup, to_model_text
+from llamagene.prompt_format import CUE, Message, PromptFormat
 from llamagene.tasks import Signal
 
 log = logging.getLogger("llamagene")
@@ -55,9 +57,9 @@ class TokenCounter:
 
     def __init__(self, tokenizer_dir: Path) -> None:
         import sentencepiece as spm
-        from tokenizers import Tokenizer
 
-        self.fast = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        self.format = PromptFormat.from_dir(tokenizer_dir)
+        self.fast = self.format.tokenizer
         self.slow = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
         self._text: dict[tuple[str, bool], int] = {}
         self._known: dict[tuple[SequenceKind, str], int] = {}
@@ -79,7 +81,7 @@ class TokenCounter:
     def count(
         self, pairs: Sequence[tuple[str, str]], parts: Sequence[RowParts] | None = None
     ) -> list[int]:
-        """Tokens of each (prompt, answer) row with sequence markup: BOS + both + EOS.
+        """Tokens of each (prompt, answer) row with sequence markup, in the prompt format.
         ``parts`` (from :meth:`text_parts` for these rows) saves splitting them again."""
         if not self.by_parts:
             return self._count_whole(pairs)
@@ -96,15 +98,16 @@ class TokenCounter:
         return counts
 
     def _count_whole(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        whole = self._whole([t for pair in pairs for t in pair])
+        whole = self._whole([t for pair in pairs for t in _texts(*pair)])
         return [whole[2 * i] + whole[2 * i + 1] + SPECIAL_TOKENS for i in range(len(pairs))]
 
-    def count_plain(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Tokens of each (prompt, answer) row of plain text (no markup is read)."""
-        texts = [t for pair in pairs for t in pair]
-        encoded = self.fast.encode_batch_fast(texts, add_special_tokens=False)
-        lengths = [len(e) for e in encoded]
-        return [lengths[2 * i] + lengths[2 * i + 1] + SPECIAL_TOKENS for i in range(len(pairs))]
+    def count_conversations(
+        self, conversations: Sequence[Sequence[Message]], markup: bool
+    ) -> list[int]:
+        """Tokens of whole conversations in the prompt format (English rows: ``markup=False``,
+        no markup is read)."""
+        encoded = self.format.encode_many(conversations, [markup] * len(conversations))
+        return [len(e) for e in encoded]
 
     def sequence_tokens(self, sequences: Sequence[tuple[SequenceKind, str]]) -> list[int]:
         """Tokens each sequence takes inside markup (its mapped letters, without the lone
@@ -137,7 +140,7 @@ class TokenCounter:
         out = []
         for prompt, answer in pairs:
             tokens, sequences = SPECIAL_TOKENS, []
-            for text in (prompt, answer):
+            for text in _texts(prompt, answer):
                 parts = split_markup(text)
                 tokens += sum(self._text_count(t, i == 0) for i, t in enumerate(parts.texts))
                 sequences += parts.sequences
@@ -197,6 +200,11 @@ class TokenCounter:
                 n = len(self.fast.encode(self._SENTINEL + text, add_special_tokens=False)) - 2
             self._text[key] = n
         return self._text[key]
+
+
+def _texts(prompt: str, answer: str) -> tuple[str, str]:
+    """The two texts the prompt format encodes for a single-turn row."""
+    return prompt.strip() + CUE, answer.strip()
 
 
 @dataclass(frozen=True)

@@ -344,15 +344,18 @@ def row_line(
     choices: list[str] | None = None,
     fields: dict[str, Any] | None = None,
     trimmed: dict[str, dict[str, Any]] | None = None,
+    messages: list[dict[str, str]] | None = None,
 ) -> str:
     """One JSON line of ``train/dev/test.jsonl``: the one place the row format is written.
-    A row without a template is English text, whose ``<dna>`` is not markup."""
+    A row without a template is English text, whose ``<dna>`` is not markup. A conversation
+    (English chat data) keeps all its turns in ``messages``; its ``prompt`` and ``answer`` are
+    then its last user turn and the answer to it."""
     record = {
         "task": task, "split": split, "index": index, "copy": copy,
         "template_id": template.id if template else None,
         "template_version": template.version if template else None,
         "prompt": prompt, "answer": answer, "choices": choices,
         "markup": template is not None, "fields": fields or {}, "tokens": tokens,
-        "trimmed": trimmed,
+        "trimmed": trimmed, "messages": messages,
     }  # fmt: skip
     return json.dumps(record, ensure_ascii=False) + "\n"

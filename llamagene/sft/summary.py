@@ -3,7 +3,8 @@
 English rows (:func:`english_rows`) are plain text: llamagene reads no sequence markup in them
 (``<dna>hello world</dna>`` in an Alpaca answer stays those very characters), so they are
 written with ``"markup": false`` and counted as plain text; rows over ``max_tokens`` are
-dropped and counted. ``summary.json`` and ``summary.md`` (:func:`summary`, :func:`markdown`)
+dropped and counted. A chat row keeps every turn in ``messages``, and finetune trains every
+assistant turn of it. ``summary.json`` and ``summary.md`` (:func:`summary`, :func:`markdown`)
 count, per task and split, the rows read, written, trimmed, dropped as too long and dropped as
 leaks of a test sequence by kind, and the templates used.
 """
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from llamagene.prompt_format import messages_of
 from llamagene.sft.leaks import LEAK_KINDS
 from llamagene.sft.lengths import TokenCounter
 from llamagene.sft.recipe import SftRecipe
@@ -39,13 +41,15 @@ def english_rows(
     chosen = random.Random(f"{recipe.seed}/english").sample(pool, min(wanted, len(pool)))
     if len(chosen) < wanted:
         log.warning("build_sft: english: %d rows wanted, %d available", wanted, len(pool))
-    tokens = counter.count_plain([(ex.fields["prompt"], ex.fields["answer"]) for ex in chosen])
+    tokens = counter.count_conversations([messages_of(ex.fields) for ex in chosen], markup=False)
     lines = []
     for ex, n in zip(chosen, tokens, strict=True):
         if n > recipe.length.max_tokens:
             continue
         prompt, answer = ex.fields["prompt"], ex.fields["answer"]
-        lines.append(row_line(ex.task, "train", ex.index, "r0", prompt, answer, n))
+        messages = ex.fields.get("messages")
+        lines.append(row_line(ex.task, "train", ex.index, "r0", prompt, answer, n,
+                              messages=messages))  # fmt: skip
     counts.update(
         available=len(pool),
         wanted=wanted,

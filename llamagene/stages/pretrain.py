@@ -17,7 +17,8 @@ Writes  ``<run_dir>/pretrain/``:
 Run     ``llamagene run PIPELINE.yaml --only pretrain``                  (one process)
         ``pipelines/cluster/launch.sh --local --nproc 2 PIPELINE.yaml pretrain``  (DeepSpeed etc.)
 
-The corpus is prepared once, in this process, and cached by content (:mod:`llamagene.corpus`).
+The corpus is prepared once, in this process, and cached by content
+(:mod:`llamagene.training.corpus`).
 Training runs here, or under the launcher given to ``llamagene run --launcher`` (torchrun,
 srun + torchrun, deepspeed), as :mod:`llamagene.training` workers. Checkpoints live in
 ``<run_dir>/.work/pretrain/<key>/`` where ``key`` hashes the config, corpus and tokenizer: rerun
@@ -44,9 +45,9 @@ from llamagene import locks
 from llamagene.config import InputPath, StrictModel, to_plain
 from llamagene.errors import ConfigError, StageError
 from llamagene.manifest import write_text_atomic
-from llamagene.modeling import EmbeddingInit, EmbeddingTraining, LoraSettings
 from llamagene.stages import StageContext
-from llamagene.training import (
+from llamagene.training.model import EmbeddingInit, EmbeddingTraining, LoraSettings
+from llamagene.training.spec import (
     FINAL_DIR,
     LOGS_DIR,
     TIMING_FIGURES,
@@ -105,7 +106,7 @@ class Pretrain:
     upstream: tuple[str, ...] = ("merge_vocab",)
 
     def inputs(self, cfg: PretrainConfig) -> dict[str, Path]:
-        from llamagene.data_recipe import load_recipe, recipe_inputs
+        from llamagene.training.data_recipe import load_recipe, recipe_inputs
 
         named: dict[str, Path] = {"data_recipe": cfg.data_recipe}
         if cfg.base_model is not None:
@@ -121,7 +122,7 @@ class Pretrain:
         return named
 
     def check(self, cfg: PretrainConfig) -> list[str]:
-        from llamagene.data_recipe import load_recipe
+        from llamagene.training.data_recipe import load_recipe
 
         problems = []
         if cfg.base_model is not None and not (cfg.base_model / "config.json").is_file():
@@ -140,8 +141,8 @@ class Pretrain:
         return problems
 
     def run(self, cfg: PretrainConfig, ctx: StageContext) -> None:
-        from llamagene.corpus import prepare_corpus
-        from llamagene.data_recipe import load_recipe
+        from llamagene.training.corpus import prepare_corpus
+        from llamagene.training.data_recipe import load_recipe
 
         tokenizer_dir = ctx.upstream("merge_vocab") / "tokenizer"
         recipe = load_recipe(cfg.data_recipe)
@@ -181,7 +182,7 @@ class Pretrain:
         final = work_dir / FINAL_DIR
         figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))
         timings = {k: figures.pop(k) for k in TIMING_FIGURES if k in figures}
-        from llamagene.export import export_adapter, export_merged
+        from llamagene.training.export import export_adapter, export_merged
 
         start = time.perf_counter()
         export_adapter(spec, final, tokenizer_dir, ctx.out_dir)
@@ -216,7 +217,7 @@ def _run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None) -
         log.info("pretrain: training finished in an earlier run (%s); exporting", spec.work_dir)
         return
     if launcher is None and spec.deepspeed_config is None:
-        from llamagene.training import train
+        from llamagene.training.worker import train
 
         train(spec)
         return

@@ -4,14 +4,13 @@ Two JSON Lines formats (plain or gzip):
 
 - ``alpaca``: ``{"instruction": ..., "input": ..., "output": ...}``; ``input`` may be empty or
   absent. The prompt is the instruction, then a blank line and the input when there is one.
-- ``chat``: ``{"messages": [{"role": ..., "content": ...}, ...]}`` with roles ``system``,
-  ``user`` and ``assistant``. The last message is the answer and must be the assistant's; the
-  turns before it (at least one user turn) form the prompt. A lone user turn is the prompt as
-  it is; several turns are written one per paragraph as ``System: ...``, ``User: ...``,
-  ``Assistant: ...``.
+- ``chat``: ``{"messages": [{"role": ..., "content": ...}, ...]}``: an optional ``system``
+  message, then ``user`` and ``assistant`` turns in turn, ending with the assistant's. Every
+  assistant turn is trained (:mod:`llamagene.prompt_format`).
 
 Each line becomes an :class:`~llamagene.tasks.Example` of task ``english/<file stem>``, split
-``train``, with the fields ``prompt`` and ``answer``. Errors name the file and line.
+``train``, with the fields ``prompt`` and ``answer`` (a chat: its last user turn and the answer
+to it) and, for a chat, ``messages`` (every turn, stripped). Errors name the file and line.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from llamagene.prompt_format import ROLES, FormatError, Message, Role, check_order
 from llamagene.tasks import Example, TaskDataError
 from llamagene.tasks.table import iter_jsonl
 
 InstructionFormat = Literal["alpaca", "chat"]
-_ROLES = ("system", "user", "assistant")
 
 
 def instruction_task_id(path: Path) -> str:
@@ -47,8 +46,7 @@ def load_instructions(path: Path, format: InstructionFormat) -> Iterator[Example
     index = 0
     for line, row in iter_jsonl(path):
         where = f"{path}:{line}"
-        prompt, answer = parse(row, where)
-        yield Example(task_id, "train", index, {"prompt": prompt, "answer": answer}, where)
+        yield Example(task_id, "train", index, parse(row, where), where)
         index += 1
     if index == 0:
         raise TaskDataError(str(path), "no instructions: the file has no rows")
@@ -66,25 +64,25 @@ def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> s
     return value
 
 
-def _alpaca(row: dict[str, Any], where: str) -> tuple[str, str]:
+def _alpaca(row: dict[str, Any], where: str) -> dict[str, Any]:
     instruction = _text(row, "instruction", where).strip()
     extra = _text(row, "input", where, required=False).strip()
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    return prompt, _text(row, "output", where).strip()
+    return {"prompt": prompt, "answer": _text(row, "output", where).strip()}
 
 
-def _chat(row: dict[str, Any], where: str) -> tuple[str, str]:
+def _chat(row: dict[str, Any], where: str) -> dict[str, Any]:
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
         raise TaskDataError(where, "'messages' must be a list of at least 2 {role, content} turns")
-    turns: list[tuple[str, str]] = []
+    turns: list[tuple[Role, str]] = []
     for i, message in enumerate(messages):
         at = f"{where}: messages[{i}]"
         if not isinstance(message, dict):
             raise TaskDataError(at, "expected an object with 'role' and 'content'")
         role = message.get("role")
-        if role not in _ROLES:
-            raise TaskDataError(at, f"role {role!r} is not one of {', '.join(_ROLES)}")
+        if role not in ROLES:
+            raise TaskDataError(at, f"role {role!r} is not one of {', '.join(ROLES)}")
         turns.append((role, _text(message, "content", at).strip()))
     *context, (last_role, answer) = turns
     if last_role != "assistant":
@@ -94,6 +92,13 @@ def _chat(row: dict[str, Any], where: str) -> tuple[str, str]:
         raise TaskDataError(where, reason)
     if not any(role == "user" for role, _ in context):
         raise TaskDataError(where, "no 'user' turn before the answer")
-    if len(context) == 1:
-        return context[0][1], answer
-    return "\n\n".join(f"{role.capitalize()}: {text}" for role, text in context), answer
+    messages = [Message(role, text) for role, text in turns]
+    try:
+        check_order(messages)
+    except FormatError as err:
+        raise TaskDataError(where, str(err)) from None
+    return {
+        "prompt": context[-1][1],
+        "answer": answer,
+        "messages": [{"role": role, "content": text} for role, text in turns],
+    }

@@ -298,7 +298,7 @@ def _preview(args: argparse.Namespace) -> int:
         out = render(bound, fields, where=where)
         if counter is not None:
             (tokens,) = counter.count([(out.prompt, out.answer)])
-            lengths = f"{tokens} tokens (BOS + prompt + answer + EOS, as build_sft counts a row)"
+            lengths = f"{tokens} tokens (in the prompt format, as build_sft counts a row)"
         else:
             lengths = f"{len(out.prompt)} + {len(out.answer)} characters (prompt + answer)"
         print(f"--- {where}: {lengths}")

@@ -190,8 +190,8 @@ def _mutated_fasta(path: Path, sources: list[Path], target_bytes: int, alphabet:
 
 # ---------------------------------------------------------------------------------- sections
 def bench_prepare(work: Path, tokenizer_run: Path, dna_mb: float) -> dict[str, Any]:
-    from llamagene.corpus import prepare_corpus
-    from llamagene.data_recipe import DataRecipe
+    from llamagene.training.corpus import prepare_corpus
+    from llamagene.training.data_recipe import DataRecipe
 
     work.mkdir(parents=True, exist_ok=True)
     seqs = resolve_package_path(PYHMMER_SEQS + DNA_FILES[0]).parent
@@ -350,8 +350,8 @@ def _initial_loss(base_dir: Path, run_dir: Path, init: str) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llamagene.corpus import open_corpus
-    from llamagene.modeling import grow_embeddings
+    from llamagene.training.corpus import open_corpus
+    from llamagene.training.model import grow_embeddings
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
     grow_embeddings(model, run_dir / "merge_vocab" / "tokenizer", init)  # type: ignore[arg-type]
@@ -371,7 +371,8 @@ def bench_gpu(work: Path, smoke: bool, peak_override: float | None) -> dict[str,
     import numpy as np
     import torch
 
-    from llamagene.training import ModelSpec, TrainSpec, train
+    from llamagene.training.spec import ModelSpec, TrainSpec
+    from llamagene.training.worker import train
 
     if not torch.cuda.is_available() and not smoke:
         print("gpu: skipped (no CUDA device; --gpu-smoke checks the code on the CPU)")

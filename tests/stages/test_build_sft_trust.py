@@ -199,9 +199,12 @@ def test_english_markup_stays_text_and_long_rows_are_counted(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
-    texts = (tagged["prompt"], tagged["answer"])
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert tagged["tokens"] == len(ids[0]) + len(ids[1]) + 2  # plain text: no markup read
+    messages = [
+        {"role": "user", "content": tagged["prompt"], "markup": False},  # plain text
+        {"role": "assistant", "content": tagged["answer"], "markup": False},
+    ]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    assert tagged["tokens"] == len(ids)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["english"] == {"available": 12, "wanted": 54, "written": 11,
                                   "dropped_too_long": 1}  # fmt: skip

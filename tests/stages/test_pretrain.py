@@ -22,9 +22,9 @@ from pretrain_setup import PRETRAIN, logged_losses, reference_run, run_cli, setu
 from safetensors.torch import load_file
 
 from llamagene.alphabets import to_model_text
-from llamagene.corpus import open_corpus
 from llamagene.pipeline import load_pipeline
-from llamagene.training import KILL_AFTER_SAVE_ENV
+from llamagene.training.corpus import open_corpus
+from llamagene.training.spec import KILL_AFTER_SAVE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "pipelines" / "cluster" / "launch.sh"

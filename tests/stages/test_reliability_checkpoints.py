@@ -21,14 +21,10 @@ import torch
 from pretrain_setup import PRETRAIN, logged_losses, reference_run, run_cli, setup_pipeline
 from safetensors.torch import save_file
 
-from llamagene.export import normalize_adapter_config
-from llamagene.training import (
-    KILL_AFTER_SAVE_ENV,
-    _mean_train_loss,
-    _trim_metrics,
-    checkpoint_problem,
-    resume_checkpoint,
-)
+from llamagene.training.checkpoints import checkpoint_problem, resume_checkpoint, trim_metrics
+from llamagene.training.export import normalize_adapter_config
+from llamagene.training.spec import KILL_AFTER_SAVE_ENV
+from llamagene.training.worker import _mean_train_loss
 
 ZERO2: dict[str, Any] = {"zero_optimization": {"stage": 2}}
 VOLATILE = ("timings.json", "logs/")
@@ -251,11 +247,11 @@ def test_metrics_log_is_trimmed_past_the_checkpoint_and_tolerates_a_cut_line(
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 4, 6)]
     path.write_text("\n".join(lines) + "\n" + lines[-1][:9])  # killed mid-line
-    _trim_metrics(path, 4)
+    trim_metrics(path, 4)
     assert path.read_text() == "".join(f"{line}\n" for line in lines[:3])
-    _trim_metrics(path, 0)  # a fresh start keeps nothing
+    trim_metrics(path, 0)  # a fresh start keeps nothing
     assert path.read_text() == ""
-    _trim_metrics(tmp_path / "absent.jsonl", 4)
+    trim_metrics(tmp_path / "absent.jsonl", 4)
     assert not (tmp_path / "absent.jsonl").exists()
 
 

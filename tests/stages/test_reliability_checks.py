@@ -25,7 +25,6 @@ from conftest import GENOMES, write_pipeline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llamagene.config import MAX_KEYS_SHOWN, format_validation_error
-from llamagene.data_recipe import load_recipe
 from llamagene.errors import ConfigError, StageError
 from llamagene.pipeline import PipelineConfig, load_pipeline
 from llamagene.sequences import SequenceFormatError, SequencePolicy, decompressed_size_upto
@@ -35,6 +34,7 @@ from llamagene.stages.merge_vocab import STAGE as MERGE_VOCAB
 from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.train_bpe import MIN_PAIR_COUNT, TrainBpeConfig, largest_sensible_vocab_size
 from llamagene.stages.train_bpe import STAGE as TRAIN_BPE
+from llamagene.training.data_recipe import load_recipe
 from llamagene.vocab import load_base_tokenizer, parse_model, whitespace_problem
 
 DNA_AS_PROTEIN = "looks like DNA"

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-import llamagene.corpus as corpus_module
-from llamagene.corpus import (
+import llamagene.training.corpus as corpus_module
+from llamagene.errors import ConfigError
+from llamagene.sequences import SequenceFormatError
+from llamagene.training.corpus import (
     CorpusError,
     PackedCorpus,
     _documents,
@@ -22,9 +24,7 @@ from llamagene.corpus import (
     sample_documents,
     split_validation,
 )
-from llamagene.data_recipe import DataRecipe, load_recipe, recipe_inputs
-from llamagene.errors import ConfigError
-from llamagene.sequences import SequenceFormatError
+from llamagene.training.data_recipe import DataRecipe, load_recipe, recipe_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

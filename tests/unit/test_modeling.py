@@ -10,8 +10,8 @@ import torch
 
 from llamagene.alphabets import to_model_text
 from llamagene.errors import StageError
-from llamagene.export import copy_tokenizer
-from llamagene.modeling import (
+from llamagene.training.export import copy_tokenizer
+from llamagene.training.model import (
     PAD_VOCAB_TO,
     LoraSettings,
     attach_lora,

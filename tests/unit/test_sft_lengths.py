@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from llamagene.alphabets import SequenceKind
+from llamagene.prompt_format import CUE, PromptFormat, single_turn
 from llamagene.sft.lengths import TokenCounter, fit_window
 from llamagene.tasks import Signal
 
@@ -17,7 +18,9 @@ def counter(merged_tokenizer_dir: Path) -> TokenCounter:
     return TokenCounter(merged_tokenizer_dir)
 
 
-def test_counting_by_parts_equals_whole_text_counting(counter: TokenCounter) -> None:
+def test_counting_by_parts_equals_the_prompt_format(
+    counter: TokenCounter, merged_tokenizer_dir: Path
+) -> None:
     texts = [
         "Is <dna>ACGTTGCAAGGCTTAACG</dna> a promoter?\nAnswer:",
         "<dna>ACGT</dna> and <protein>MKVLAAGIWQ</protein> interact? ",
@@ -28,8 +31,8 @@ def test_counting_by_parts_equals_whole_text_counting(counter: TokenCounter) -> 
     ]
     pairs = [(t, "yes") for t in texts] + [("Translate:", "<protein>MKV</protein>")]
     by_parts = counter.count(pairs)
-    whole = counter._whole([t for pair in pairs for t in pair])
-    assert by_parts == [whole[2 * i] + whole[2 * i + 1] + 2 for i in range(len(pairs))]
+    fmt = PromptFormat.from_dir(merged_tokenizer_dir)
+    assert by_parts == [len(fmt.encode(single_turn(*pair))) for pair in pairs]
     assert counter.by_parts  # the self-check agreed
     # a sequence's own count is what it adds to a row, wherever it sits
     (seq_tokens,) = counter.sequence_tokens([("dna", "ACGTTGCAAGGCTTAACG")])
@@ -42,9 +45,9 @@ def test_plain_rows_read_no_markup(counter: TokenCounter, merged_tokenizer_dir: 
     from transformers import AutoTokenizer
 
     text = "Tags like <dna>hello world</dna> stay text."
-    (n,) = counter.count_plain([(text, "ok")])
+    (n,) = counter.count_conversations([single_turn(text, "ok")], markup=False)
     tokenizer = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, "ok")]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text + CUE, "ok")]
     assert n == len(ids[0]) + len(ids[1]) + 2
     with pytest.raises(ValueError, match="not a dna letter"):
         counter.count([(text, "ok")])  # as markup, it is not DNA

@@ -439,11 +439,19 @@ def test_instructions_alpaca_and_chat() -> None:
     assert chat[0].fields == {
         "prompt": "What is a gene?",
         "answer": "A stretch of DNA that is transcribed.",
+        "messages": [
+            {"role": "user", "content": "What is a gene?"},
+            {"role": "assistant", "content": "A stretch of DNA that is transcribed."},
+        ],
     }
-    assert chat[1].fields["prompt"] == (
-        "System: Answer briefly.\n\nUser: Is ATG a start codon?\n\n"
-        "Assistant: Yes.\n\nUser: And TAA?"
-    )
+    assert chat[1].fields["messages"] == [  # every turn is kept, for training every answer
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Is ATG a start codon?"},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "And TAA?"},
+        {"role": "assistant", "content": "No, TAA is a stop codon."},
+    ]
+    assert chat[1].fields["prompt"] == "And TAA?"
     assert chat[1].fields["answer"] == "No, TAA is a stop codon."
     assert instruction_task_id(Path("x/dolly_15k.jsonl.gz")) == "english/dolly_15k"
 
@@ -460,6 +468,9 @@ def test_instructions_alpaca_and_chat() -> None:
                                {"role": "assistant", "content": "b"}]},
          r"messages\[0\]: role 'bot' is not one of system, user, assistant"),
         ("chat", {"messages": "hello"}, "'messages' must be a list"),
+        ("chat", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                               {"role": "assistant", "content": "c"}]},
+         "turns must alternate user, assistant"),
     ],
 )  # fmt: skip
 def test_instruction_errors_name_file_and_line(

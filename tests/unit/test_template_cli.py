@@ -204,18 +204,15 @@ def test_preview_counts_tokens_with_the_merged_tokenizer(
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("--- "))
     shown = int(header.split(": ")[-1].split()[0])
-    assert header.endswith("tokens (BOS + prompt + answer + EOS, as build_sft counts a row)")
-    # the count a row gets: BOS + prompt + answer + EOS, each part encoded on its own, markup
-    # mapped first; checked here with the tokenizer transformers loads, not llamagene's counter
+    assert header.endswith("tokens (in the prompt format, as build_sft counts a row)")
+    # the count a row gets in the prompt format; checked here with the chat template that the
+    # tokenizer folder ships, through transformers, not with llamagene's counter
     from transformers import AutoTokenizer
-
-    from llamagene.alphabets import encode_markup
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
     body = out.split(header + "\n", 1)[1]
     prompt, answer = body.split("\n>>> ", 1)
     answer = answer.splitlines()[0]
-    ids = [
-        tokenizer(encode_markup(t), add_special_tokens=False)["input_ids"] for t in (prompt, answer)
-    ]
-    assert shown == len(ids[0]) + len(ids[1]) + 2
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    assert shown == len(ids)

@@ -18,6 +18,9 @@ Writes  ``<cache_dir>/<key[:16]>/``: ``train.bin`` and ``valid.bin`` (flat uint3
    source has fewer tokens than its share.
 4. Packing: training documents in a seeded shuffled order, concatenated and cut into blocks (a
    document may span blocks); the last partial block is kept, padded, and counted in stats.json.
+   Documents in a block do not see each other: :class:`PackedBlocks` gives position ids that
+   restart at each document and no attention mask, from which transformers builds a
+   block-diagonal causal mask (the model must run with ``use_cache=False``).
 
 The cache key hashes the recipe (input files by content and size, not by name), the tokenizer
 files and ``block_size``; a folder appears only complete (temp folder + rename), so a killed run
@@ -54,10 +57,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from llamagene import faults, locks
 from llamagene.alphabets import to_model_text
 from llamagene.config import to_plain
-from llamagene.data_recipe import DataRecipe, SourceConfig
 from llamagene.errors import LlamageneError, StageError
 from llamagene.manifest import FileRecord, record_file, write_text_atomic
 from llamagene.sequences import SequencePolicy, SequenceStats, iter_windows
+from llamagene.training.data_recipe import DataRecipe, SourceConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,15 +82,31 @@ class CorpusError(StageError):
 class PackedBlocks:
     """A map-style torch dataset over one split's ``.bin`` file (what DataLoader/Trainer take).
 
-    Items are ``{"input_ids", "labels", "attention_mask"}`` LongTensors of ``block_size``;
-    padding (only in the last block) has label -100 and attention mask 0. The file is opened
-    lazily, so the object pickles cheaply into DataLoader workers.
+    Items are ``{"input_ids", "labels", "position_ids"}`` LongTensors of ``block_size``, and no
+    ``attention_mask``: the position ids restart at 0 at every document (a token equal to
+    ``bos_id``), and at the start of the block (a document continued from the previous block
+    starts over there) and of the padding. Given such position ids, no attention mask and no
+    cache, transformers (``masking_utils.find_packed_sequence_indices``, sdpa, eager and flash
+    attention) lets a token attend only to earlier tokens of its own segment, so a document's
+    logits in a block are those of the document alone; the model must run with
+    ``use_cache=False`` (with a cache, or with an attention mask, the detection is off and
+    attention crosses documents). Labels are the input ids, except -100 for padding (only in the
+    last block) and at every bos: the loss shifts labels by one, so a bos label would train the
+    previous document's eos to predict the next document's bos. That prediction is always true
+    in this corpus, says nothing of the data, and sees only the previous document; dropping it
+    makes a whole document's token losses in a block exactly those of the document alone, keeps
+    the loss from being diluted by one trivial token per document (about 2% of the tokens of
+    200-character DNA windows), and is what transformers' ``DataCollatorWithFlattening`` does.
+
+    ``bos_id`` None means the first token of the file, which always starts a document. The file
+    is opened lazily, so the object pickles cheaply into DataLoader workers.
     """
 
     path: Path
     block_size: int
     blocks: int
     real_tokens: int
+    bos_id: int | None = None
     _tokens: np.memmap[Any, Any] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -106,12 +125,22 @@ class PackedBlocks:
             raise IndexError(f"block {index} out of range ({self.blocks} blocks)")
         if self._tokens is None:
             self._tokens = np.memmap(self.path, dtype=np.uint32, mode="r")
+        if self.bos_id is None:
+            self.bos_id = int(self._tokens[0])
         start = index * self.block_size
         ids = torch.from_numpy(self._tokens[start : start + self.block_size].astype(np.int64))
         real = max(0, min(self.block_size, self.real_tokens - start))
-        labels, mask = ids.clone(), torch.ones_like(ids)
-        labels[real:], mask[real:] = -100, 0
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        starts = ids == self.bos_id
+        starts[0] = True
+        starts[real:] = False
+        if real < self.block_size:
+            starts[real] = True  # the padding is a segment of its own
+        steps = torch.arange(self.block_size)
+        positions = steps - torch.cummax(torch.where(starts, steps, 0), dim=0).values
+        labels = ids.clone()
+        labels[real:] = -100
+        labels[ids == self.bos_id] = -100
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ A recipe is YAML (see ``data_recipes/README.md``)::
       - {name: english, kind: jsonl, paths: [english.jsonl.gz], weight: 0.3, text_field: text}
 
 Relative paths resolve against the recipe's folder; ``pkg://package/path`` reads package data.
-:mod:`llamagene.corpus` turns a recipe into packed training blocks.
+:mod:`llamagene.training.corpus` turns a recipe into packed training blocks.
 """
 
 from __future__ import annotations

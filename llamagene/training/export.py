@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamagene.manifest import write_text_atomic
-from llamagene.modeling import padded_vocab_size, tokenizer_meta
+from llamagene.prompt_format import CHAT_TEMPLATE_FILE
+from llamagene.training.model import padded_vocab_size, tokenizer_meta
 
 if TYPE_CHECKING:
-    from llamagene.corpus import PackedCorpus
-    from llamagene.training import TrainSpec
+    from llamagene.training.corpus import PackedCorpus
+    from llamagene.training.spec import TrainSpec
 
 log = logging.getLogger("llamagene")
 ADAPTER_META = "llamagene_adapter.json"
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-    "llamagene_tokenizer.json",
+    "llamagene_tokenizer.json", CHAT_TEMPLATE_FILE,
 )  # fmt: skip
 #: ``adapter_config.json`` values that PEFT holds as sets (their order means nothing).
 _SET_VALUED = ("target_modules", "exclude_modules")
@@ -66,7 +67,7 @@ def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_di
         "embedding_init": spec.model.embedding_init,
         "embedding_training": spec.model.embedding_training,
         "how_to_load": "resize the base model's embeddings to `rows` (new rows initialised "
-        "with llamagene.modeling.grow_embeddings) before PeftModel.from_pretrained; or load "
+        "with llamagene.training.model.grow_embeddings) before PeftModel.from_pretrained; or load "
         "../merged with AutoModelForCausalLM",
     }
     write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -92,7 +93,8 @@ def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamagene.training import build_model, resolve_precision
+    from llamagene.training.spec import resolve_precision
+    from llamagene.training.worker import build_model
 
     work_dir = Path(spec.work_dir)
     base = build_model(spec.model, work_dir, torch.float32)
