@@ -4,6 +4,8 @@
     llamagene status [PIPELINE.yaml] [key=value ...]
     llamagene validate [PIPELINE.yaml] [key=value ...]
     llamagene templates {ls,show,new,lint,preview} ...   (prompt templates: llamagene.templates.cli)
+    llamagene generate MODEL_DIR [--prompt TEXT] [--adapter DIR] [--max-new-tokens N] [--sample ...]
+    llamagene chat MODEL_DIR [--system TEXT] [--adapter DIR] [--max-new-tokens N] [--sample ...]
 
 Without a pipeline file, the built-in demo (``pipelines/demo/pipeline.yaml``) is used: the
 checkout's, or the copy installed inside the package (``llamagene.shipped``), whose outputs then
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from llamagene.generation import Generator, Settings
     from llamagene.pipeline import Pipeline
 
     #: The built-in demo pipeline file; computed on first use by :func:`__getattr__`.
@@ -93,12 +96,66 @@ def _parser() -> argparse.ArgumentParser:
         prefix_chars="\0",  # every argument after `templates` goes to llamagene.templates.cli
     )
     templates.add_argument("args", nargs=argparse.REMAINDER)
+    generate = sub.add_parser(
+        "generate",
+        help="answer one prompt (--prompt), or each line of stdin, with a trained model",
+        description="Answer one prompt (--prompt), or each line of stdin with one line "
+        "(newlines in an answer become spaces), with a trained model. Prompts mix English "
+        "with <dna>...</dna> and <protein>...</protein> spans.",
+    )
+    generate.add_argument("--prompt", metavar="TEXT", help="the prompt (default: read stdin)")
+    chat = sub.add_parser(
+        "chat",
+        help="talk with a trained model (/reset clears the conversation, /exit quits)",
+        description="Talk with a trained model, turn by turn; each answer sees the whole "
+        "conversation. /reset clears it, /exit (or end of input) quits.",
+    )
+    for cmd in (generate, chat):
+        _generation_options(cmd)
     return parser
+
+
+def _generation_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "model_dir",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="an exported model folder (pretrain/merged), or the base model with --adapter",
+    )
+    cmd.add_argument("--system", metavar="TEXT", help="a system message before the first turn")
+    cmd.add_argument(
+        "--adapter",
+        type=Path,
+        metavar="DIR",
+        help="an exported adapter folder (pretrain/adapter) to attach to MODEL_DIR, the base "
+        "model; the tokenizer is then the adapter folder's",
+    )
+    cmd.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        metavar="N",
+        help="at most N new tokens per answer (default: 128)",
+    )
+    cmd.add_argument(
+        "--sample", action="store_true", help="sample the answer (default: greedy decoding)"
+    )
+    cmd.add_argument(
+        "--temperature", type=float, metavar="T", help="sampling temperature (default: 0.7)"
+    )
+    cmd.add_argument(
+        "--top-p", type=float, metavar="P", help="nucleus sampling threshold (default: 0.9)"
+    )
+    cmd.add_argument("--seed", type=int, metavar="N", help="seed for sampling each answer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command in ("generate", "chat"):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return _talk(args)
     # positionals after options (`run --only pretrain key=value`) are still overrides
     unknown = [a for a in extra if a.startswith("-")]
     if unknown:
@@ -127,6 +184,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the stage that was running is marked stale", file=sys.stderr)
         return 130
+
+
+def _talk(args: argparse.Namespace) -> int:
+    """``generate`` and ``chat`` (the logic is in llamagene.generation)."""
+    from llamagene.errors import LlamageneError
+
+    try:
+        from llamagene.generation import Settings, load_for_generation
+
+        sampling = {"--temperature": args.temperature, "--top-p": args.top_p, "--seed": args.seed}
+        given = [flag for flag, value in sampling.items() if value is not None]
+        if given and not args.sample:
+            raise LlamageneError(f"{', '.join(given)}: only with --sample (greedy otherwise)")
+        defaults = Settings()
+        settings = Settings(
+            max_new_tokens=args.max_new_tokens,
+            sample=args.sample,
+            temperature=defaults.temperature if args.temperature is None else args.temperature,
+            top_p=defaults.top_p if args.top_p is None else args.top_p,
+            seed=args.seed,
+        )
+        settings.check()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no loading bar
+        generator = load_for_generation(args.model_dir, args.adapter)
+        if args.command == "chat":
+            return _chat(generator, settings, args.system)
+        return _generate(generator, settings, args.prompt, args.system)
+    except LlamageneError as err:
+        if args.debug or os.environ.get("LLAMAGENE_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _generate(
+    generator: Generator, settings: Settings, prompt: str | None, system: str | None
+) -> int:
+    from llamagene.errors import LlamageneError
+    from llamagene.prompt_format import Message
+
+    start = [Message("system", system)] if system else []
+    if prompt is not None:
+        for piece in generator.stream([*start, Message("user", prompt)], settings):
+            print(piece, end="", flush=True)
+        print(flush=True)
+        return 0
+    # one answer line per prompt line; a prompt that fails gets an empty line and an error
+    exit_code = 0
+    for number, line in enumerate(sys.stdin, start=1):
+        text = line.rstrip("\r\n")
+        try:
+            pieces = generator.stream([*start, Message("user", text)], settings) if text else []
+            for piece in pieces:
+                print(piece.replace("\r", " ").replace("\n", " "), end="", flush=True)
+        except LlamageneError as err:
+            print(f"error: line {number}: {err}", file=sys.stderr, flush=True)
+            exit_code = exit_code or err.exit_code
+        print(flush=True)
+    return exit_code
+
+
+def _chat(generator: Generator, settings: Settings, system: str | None) -> int:
+    from llamagene.errors import LlamageneError
+    from llamagene.generation import ContextError, Conversation
+
+    chat = Conversation(generator, system)
+    print("chat: /reset clears the conversation, /exit quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        text = line.strip()
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            chat.reset()
+            print("(conversation cleared)", flush=True)
+            continue
+        if not text:
+            continue
+        try:
+            for piece in chat.reply(text, settings):
+                print(piece, end="", flush=True)
+        except LlamageneError as err:
+            hint = " (or /reset the conversation)" if isinstance(err, ContextError) else ""
+            print(f"error: {err}{hint}", file=sys.stderr, flush=True)
+            continue
+        except KeyboardInterrupt:  # stops this answer only; the turn is not kept
+            print("\n(interrupted)", flush=True)
+            continue
+        print(flush=True)
 
 
 def _load(raw: Sequence[str]) -> Pipeline:

@@ -59,6 +59,7 @@ from llamagene.manifest import (
 )
 from llamagene.stages import PLANNED_STAGES, WORK_DIR, Stage, StageContext, all_stages
 from llamagene.stages.build_sft import BuildSftConfig
+from llamagene.stages.finetune import FinetuneConfig
 from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.pretrain import PretrainConfig
 from llamagene.stages.train_bpe import TrainBpeConfig
@@ -91,6 +92,7 @@ class StagesConfig(StrictModel):
     merge_vocab: MergeVocabConfig | None = None
     pretrain: PretrainConfig | None = None
     build_sft: BuildSftConfig | None = None
+    finetune: FinetuneConfig | None = None
 
 
 class PipelineConfig(StrictModel):
@@ -138,7 +140,7 @@ class Pipeline:
         problems = run_dir_problems(self.run_dir)
         names = {stage.name for stage, _ in self.stages()}
         for stage, cfg in self.stages():
-            for up in stage.upstream:
+            for up in stage.upstream(cfg):
                 if up not in names:
                     problems.append(
                         f"stages.{stage.name}: needs stage '{up}', which is not configured"
@@ -212,7 +214,9 @@ class Pipeline:
             _remove_leftovers(self.run_dir)
             manifest = Manifest.load(self.run_dir)
             rerun: set[str] = set()
-            feeds_selected = {up for s, _ in self.stages() if s.name in only for up in s.upstream}
+            feeds_selected = {
+                up for s, c in self.stages() if s.name in only for up in s.upstream(c)
+            }
             for stage, cfg in self.stages():
                 reasons, notes = assess(stage, cfg, manifest, self.run_dir, rerun)
                 for note in notes:
@@ -296,7 +300,7 @@ def assess(
         f"{stage.name} re-runs"
         for key in stray
     ]
-    for up in stage.upstream:
+    for up in stage.upstream(cfg):
         up_record = manifest.stages.get(up)
         if up in rerun:
             reasons.append(
@@ -345,7 +349,8 @@ def _run_stage(
     stage: Stage, cfg: Any, manifest: Manifest, run_dir: Path, launcher: Sequence[str] | None
 ) -> None:
     upstream_dirs: dict[str, Path] = {}
-    for up in stage.upstream:
+    upstream = stage.upstream(cfg)
+    for up in upstream:
         up_record = manifest.stages.get(up)
         if up_record is None or up_record.status != "done":
             raise StageError(
@@ -359,8 +364,8 @@ def _run_stage(
         run_id=uuid.uuid4().hex[:12],
         config=to_plain(cfg),
         inputs=record_paths(stage.inputs(cfg), previous.inputs if previous else None),
-        upstream={up: manifest.stages[up].run_id for up in stage.upstream},
-        upstream_outputs={up: outputs_digest(manifest.stages[up].outputs) for up in stage.upstream},
+        upstream={up: manifest.stages[up].run_id for up in upstream},
+        upstream_outputs={up: outputs_digest(manifest.stages[up].outputs) for up in upstream},
         started_at=_now(),
         versions=_versions(),
         git_commit=_git_commit(),

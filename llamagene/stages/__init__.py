@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: Stages that are designed but not built yet; naming one in a pipeline is a clear error.
-PLANNED_STAGES: tuple[str, ...] = ("finetune", "evaluate")
+PLANNED_STAGES: tuple[str, ...] = ("evaluate",)
 #: Per-stage folders that survive a failed run (checkpoints); removed when the stage succeeds.
 WORK_DIR = ".work"
 
@@ -60,7 +60,10 @@ class Stage(Protocol):
     """The interface every stage module's ``STAGE`` object offers."""
 
     name: str
-    upstream: tuple[str, ...]
+
+    def upstream(self, cfg: Any) -> tuple[str, ...]:
+        """The stages whose outputs this one reads, under ``cfg``."""
+        ...
 
     def inputs(self, cfg: Any) -> dict[str, Path]:
         """Named external files or folders the stage reads; hashed before it runs."""
@@ -78,11 +81,12 @@ class Stage(Protocol):
 def all_stages() -> tuple[Stage, ...]:
     """The built stages in running order."""
     from llamagene.stages.build_sft import STAGE as BUILD_SFT
+    from llamagene.stages.finetune import STAGE as FINETUNE
     from llamagene.stages.merge_vocab import STAGE as MERGE_VOCAB
     from llamagene.stages.pretrain import STAGE as PRETRAIN
     from llamagene.stages.train_bpe import STAGE as TRAIN_BPE
 
-    return (TRAIN_BPE, MERGE_VOCAB, PRETRAIN, BUILD_SFT)
+    return (TRAIN_BPE, MERGE_VOCAB, PRETRAIN, BUILD_SFT, FINETUNE)
 
 
 def stage_names() -> tuple[str, ...]:

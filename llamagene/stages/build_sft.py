@@ -78,7 +78,9 @@ class BuildSftConfig(StrictModel):
 
 class BuildSft:
     name = "build_sft"
-    upstream: tuple[str, ...] = ("merge_vocab",)
+
+    def upstream(self, cfg: BuildSftConfig) -> tuple[str, ...]:
+        return ("merge_vocab",)
 
     def inputs(self, cfg: BuildSftConfig) -> dict[str, Path]:
         from llamagene.sft.recipe import load_sft_recipe

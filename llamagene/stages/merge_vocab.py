@@ -72,7 +72,9 @@ class Agreement:
 
 class MergeVocab:
     name = "merge_vocab"
-    upstream: tuple[str, ...] = ("train_bpe",)
+
+    def upstream(self, cfg: MergeVocabConfig) -> tuple[str, ...]:
+        return ("train_bpe",)
 
     def inputs(self, cfg: MergeVocabConfig) -> dict[str, Path]:
         named = {"base_tokenizer": cfg.base_tokenizer}

@@ -28,39 +28,30 @@ starts afresh. The folder is removed when the stage succeeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from llamagene import locks
 from llamagene.config import InputPath, StrictModel, to_plain
 from llamagene.errors import ConfigError, StageError
 from llamagene.manifest import write_text_atomic
 from llamagene.stages import StageContext
 from llamagene.training.model import EmbeddingInit, EmbeddingTraining, LoraSettings
-from llamagene.training.spec import (
-    FINAL_DIR,
-    LOGS_DIR,
-    TIMING_FIGURES,
-    ModelSpec,
-    TrainSettings,
-    TrainSpec,
+from llamagene.training.run import (
+    TIMINGS,
+    deepspeed_config,
+    export_run,
+    run_workers,
+    work_key,
+    write_json,
 )
+from llamagene.training.spec import ModelSpec, TrainSettings, TrainSpec
 
 log = logging.getLogger("llamagene")
-#: Config keys that do not change what is trained (kept out of the checkpoint key).
-_NOT_IN_KEY = ("data_workers", "cache_dir", "export_merged")
-#: Figures that differ between identical runs; ``logs/`` is volatile too.
-TIMINGS = "timings.json"
 
 
 class PretrainConfig(StrictModel):
@@ -80,9 +71,10 @@ class PretrainConfig(StrictModel):
     embedding_init: EmbeddingInit = "compose"
     """New rows start as the mean of the base tokens of their letters (``compose``) or as the
     mean of all base rows (``mean``)."""
-    embedding_training: EmbeddingTraining = "modules_to_save"
-    """``modules_to_save``: train full embed_tokens and lm_head copies (llama-gene);
-    ``trainable_tokens``: train only the new rows (much smaller adapter); ``frozen``: none."""
+    embedding_training: EmbeddingTraining = "trainable_tokens"
+    """``trainable_tokens``: train only the new rows (base rows stay bit-identical; small
+    adapter); ``modules_to_save``: train full embed_tokens and lm_head copies (llama-gene);
+    ``frozen``: none. Their learning rate: ``training.embedding_lr``."""
     training: TrainSettings = TrainSettings()
     deepspeed: InputPath | None = None
     """A DeepSpeed JSON config (ZeRO-2: ``pipelines/deepspeed/zero2.json``); without a launcher
@@ -103,7 +95,9 @@ class PretrainConfig(StrictModel):
 
 class Pretrain:
     name = "pretrain"
-    upstream: tuple[str, ...] = ("merge_vocab",)
+
+    def upstream(self, cfg: PretrainConfig) -> tuple[str, ...]:
+        return ("merge_vocab",)
 
     def inputs(self, cfg: PretrainConfig) -> dict[str, Path]:
         from llamagene.training.data_recipe import load_recipe, recipe_inputs
@@ -135,7 +129,7 @@ class Pretrain:
             problems.extend(f"data_recipe ({err.source}): {p}" for p in err.problems)
         if cfg.deepspeed is not None:
             try:
-                _deepspeed_config(cfg.deepspeed)
+                deepspeed_config(cfg.deepspeed)
             except StageError as err:
                 problems.append(f"deepspeed: {err}")
         return problems
@@ -158,7 +152,7 @@ class Pretrain:
         if corpus.train_blocks == 0:
             raise StageError(f"{cfg.data_recipe}: the recipe gives no training blocks")
 
-        work_dir = ctx.work_dir(_work_key(cfg, corpus.key, tokenizer_dir))
+        work_dir = ctx.work_dir(work_key(to_plain(cfg), corpus.key, tokenizer_dir))
         spec = TrainSpec(
             model=ModelSpec(
                 base_model_dir=str(cfg.base_model) if cfg.base_model else None,
@@ -170,32 +164,24 @@ class Pretrain:
                 lora=to_plain(cfg.lora),
             ),
             train=to_plain(cfg.training),
-            corpus_dir=str(corpus.dir),
+            data_dir=str(corpus.dir),
             work_dir=str(work_dir),
-            deepspeed_config=_deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
+            deepspeed_config=deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
             extra={"stage": self.name},
         )
         spec_path = work_dir / "spec.json"
         spec.save(spec_path)
-        _run_workers(spec, spec_path, ctx.launcher)
+        run_workers(spec, spec_path, ctx.launcher, self.name)
 
-        final = work_dir / FINAL_DIR
-        figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))
-        timings = {k: figures.pop(k) for k in TIMING_FIGURES if k in figures}
-        from llamagene.training.export import export_adapter, export_merged
+        from llamagene.training.export import corpus_sample
 
-        start = time.perf_counter()
-        export_adapter(spec, final, tokenizer_dir, ctx.out_dir)
-        if cfg.export_merged:
-            figures["export"] = export_merged(spec, ctx.out_dir, corpus)
-        timings["export_seconds"] = round(time.perf_counter() - start, 2)
-        shutil.copytree(work_dir / LOGS_DIR, ctx.out_dir / LOGS_DIR)
+        figures, timings = export_run(spec, ctx.out_dir, corpus_sample(corpus), cfg.export_merged)
         stats = dict(corpus.stats)
         if "throughput" in stats:  # how fast the cache was filled, maybe by an earlier run
             timings["corpus_throughput"] = stats.pop("throughput")
         write_text_atomic(ctx.out_dir / "corpus_stats.json", json.dumps(stats, indent=2) + "\n")
-        _write_json(ctx.out_dir / "report.json", {"corpus_key": corpus.key, **figures})
-        _write_json(ctx.out_dir / TIMINGS, timings)
+        write_json(ctx.out_dir / "report.json", {"corpus_key": corpus.key, **figures})
+        write_json(ctx.out_dir / TIMINGS, timings)
         kept = ("steps", "train_loss", "eval_loss", "processes", "trainable_parameters")
         ctx.report.update(
             {k: figures[k] for k in kept}
@@ -205,64 +191,6 @@ class Pretrain:
                 "packing_efficiency": corpus.stats.get("packing_efficiency"),
             }
         )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None) -> None:
-    """Train in this process, or start workers under the launcher and wait for them."""
-    if (Path(spec.work_dir) / FINAL_DIR / "train_figures.json").is_file():
-        log.info("pretrain: training finished in an earlier run (%s); exporting", spec.work_dir)
-        return
-    if launcher is None and spec.deepspeed_config is None:
-        from llamagene.training.worker import train
-
-        train(spec)
-        return
-    if launcher is None:  # DeepSpeed needs a process group: a one-process torchrun gives one
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", "1"]  # fmt: skip
-    program = launcher[0]
-    beside_python = Path(sys.executable).parent / program
-    if shutil.which(program) is None and "/" not in program and beside_python.is_file():
-        program = str(beside_python)  # torchrun / deepspeed of this venv, not activated
-    command = [program, *launcher[1:], "--module", "llamagene.training", str(spec_path)]
-    log.info("pretrain: starting workers: %s", " ".join(command))
-    try:
-        # SIGTERM, not SIGKILL: the launcher (torchrun, deepspeed) then stops its own workers
-        done = subprocess.run(command, check=False, preexec_fn=locks.terminate_with_parent)
-    except FileNotFoundError:
-        raise StageError(f"launcher not found: {launcher[0]} (is it on PATH?)") from None
-    if done.returncode != 0:
-        raise StageError(
-            f"training workers failed (exit {done.returncode}); their output is above. "
-            f"Rerun the stage to resume from the last checkpoint in {spec.work_dir}"
-        )
-
-
-def _work_key(cfg: PretrainConfig, corpus_key: str, tokenizer_dir: Path) -> str:
-    plain = {k: v for k, v in to_plain(cfg).items() if k not in _NOT_IN_KEY}
-    digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode())
-    digest.update(corpus_key.encode())
-    digest.update((tokenizer_dir / "tokenizer.json").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _deepspeed_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path} does not exist") from None
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise StageError(f"{path}: should be a JSON object")
-    stage = config.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise StageError(f"{path}: zero_optimization.stage must be 0-3, not {stage!r}")
-    return config
 
 
 STAGE = Pretrain()

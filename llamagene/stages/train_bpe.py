@@ -167,7 +167,9 @@ class KindStats:
 
 class TrainBpe:
     name = "train_bpe"
-    upstream: tuple[str, ...] = ()
+
+    def upstream(self, cfg: TrainBpeConfig) -> tuple[str, ...]:
+        return ()
 
     def inputs(self, cfg: TrainBpeConfig) -> dict[str, Path]:
         named = {f"dna_inputs[{i}]": p for i, p in enumerate(cfg.dna_inputs)}

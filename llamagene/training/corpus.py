@@ -86,17 +86,21 @@ class PackedBlocks:
     ``attention_mask``: the position ids restart at 0 at every document (a token equal to
     ``bos_id``), and at the start of the block (a document continued from the previous block
     starts over there) and of the padding. Given such position ids, no attention mask and no
-    cache, transformers (``masking_utils.find_packed_sequence_indices``, sdpa, eager and flash
-    attention) lets a token attend only to earlier tokens of its own segment, so a document's
-    logits in a block are those of the document alone; the model must run with
-    ``use_cache=False`` (with a cache, or with an attention mask, the detection is off and
-    attention crosses documents). Labels are the input ids, except -100 for padding (only in the
-    last block) and at every bos: the loss shifts labels by one, so a bos label would train the
-    previous document's eos to predict the next document's bos. That prediction is always true
-    in this corpus, says nothing of the data, and sees only the previous document; dropping it
-    makes a whole document's token losses in a block exactly those of the document alone, keeps
-    the loss from being diluted by one trivial token per document (about 2% of the tokens of
-    200-character DNA windows), and is what transformers' ``DataCollatorWithFlattening`` does.
+    cache, transformers' sdpa and eager attention (``masking_utils.find_packed_sequence_indices``,
+    per batch row) let a token attend only to earlier tokens of its own segment, so a document's
+    logits in a block are those of the document alone. The model must run with
+    ``use_cache=False``: with a cache, or an attention mask, the detection is off and attention
+    crosses documents; so it is with flash_attention_2 at a batch of more than one row (it reads
+    packing from position ids only for one flattened row).
+
+    Labels are the input ids, except -100 for padding (only in the last block) and at every bos:
+    the loss shifts labels by one, so a bos label would train the previous document's eos to
+    predict the next document's bos. That prediction is always true in this corpus, says nothing
+    of the data, and sees only the previous document; dropping it makes a whole document's token
+    losses in a block exactly those of the document alone, keeps train and eval loss from being
+    lowered by one free token per document (1 in ~60 tokens for a 250-character English
+    paragraph), and is what transformers' ``DataCollatorWithFlattening`` does (a separator label
+    at each sequence start).
 
     ``bos_id`` None means the first token of the file, which always starts a document. The file
     is opened lazily, so the object pickles cheaply into DataLoader workers.

@@ -73,6 +73,25 @@ def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_di
     write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
+def padding_rows(tokenizer_dir: Path) -> list[int]:
+    """The embedding rows past the tokenizer (the vocabulary rounded up to a multiple of 64)."""
+    size = int(tokenizer_meta(tokenizer_dir)["vocab_size"])
+    return list(range(size, padded_vocab_size(size)))
+
+
+def _generation_defaults(model: Any, tokenizer_dir: Path) -> None:
+    """BOS, EOS and pad (EOS) ids, and the padding rows suppressed: no decoding ever picks
+    a row that no token stands for."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = model.generation_config
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.eos_token_id
+    config.suppress_tokens = padding_rows(tokenizer_dir) or None
+
+
 def normalize_adapter_config(path: Path, base_model: str | None) -> None:
     """Rewrite PEFT's ``adapter_config.json`` the same way every run: PEFT keeps
     ``target_modules`` (and ``exclude_modules``) as a set, so it lists them in a different
@@ -87,8 +106,15 @@ def normalize_adapter_config(path: Path, base_model: str | None) -> None:
     write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[str, Any]:
-    """Merge the adapter into the base, save ``out_dir/merged``, load it back and check it."""
+def corpus_sample(corpus: PackedCorpus) -> list[int]:
+    """The ids the merged model is checked on: the first 64 of a validation block."""
+    data = corpus.dataset("valid") if corpus.valid_blocks else corpus.dataset("train")
+    return [int(i) for i in data[0]["input_ids"][:64]]
+
+
+def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict[str, Any]:
+    """Merge the adapter into the base, save ``out_dir/merged``, load it back and check it on
+    ``sample_ids``. Its generation config suppresses the padding rows (never a token)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,8 +125,7 @@ def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[
     work_dir = Path(spec.work_dir)
     base = build_model(spec.model, work_dir, torch.float32)
     peft_model = PeftModel.from_pretrained(base, str(out_dir / "adapter")).eval()
-    data = corpus.dataset("valid") if corpus.valid_blocks else corpus.dataset("train")
-    sample = data[0]["input_ids"][:64].unsqueeze(0)
+    sample = torch.tensor([sample_ids])
     with torch.no_grad():
         expected = peft_model(input_ids=sample).logits
     merged = peft_model.merge_and_unload()
@@ -108,6 +133,7 @@ def export_merged(spec: TrainSpec, out_dir: Path, corpus: PackedCorpus) -> dict[
     if save_dtype is not None:
         merged = merged.to(save_dtype)
     merged_dir = out_dir / "merged"
+    _generation_defaults(merged, Path(spec.model.tokenizer_dir))
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
     copy_tokenizer(Path(spec.model.tokenizer_dir), merged_dir)
     del merged, peft_model, base

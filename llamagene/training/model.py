@@ -12,10 +12,13 @@ splits the piece's letters into (``compose``): a DNA piece ``ACGTT`` starts wher
 already puts "ACGTT". ``mean`` starts every new row at the mean of all base rows (the usual
 recipe); padding rows beyond the tokenizer always get that mean.
 
-**Training the new rows.** ``modules_to_save`` trains full copies of ``embed_tokens`` and
-``lm_head`` as llama-gene did (simple, but the adapter holds two vocab x hidden matrices);
-``trainable_tokens`` trains only the new rows (PEFT's ``trainable_token_indices``), which is
-far smaller; ``frozen`` trains no embedding rows. Either way the adapter holds the rows' full
+**Training the new rows.** ``trainable_tokens`` (the default) trains only the new rows (PEFT's
+``trainable_token_indices``): the base rows of ``embed_tokens`` and ``lm_head`` stay
+bit-identical, so English is untouched, and the adapter stays small. ``modules_to_save`` trains
+full copies of ``embed_tokens`` and ``lm_head`` as llama-gene did (the adapter then holds two
+vocab x hidden matrices, and English rows move too); ``frozen`` trains no embedding rows. The
+rows past the tokenizer (padding to a multiple of 64) are never a token: the exported
+generation config suppresses them. Either way the adapter holds the rows' full
 values, so it needs only the base model, resized first (:func:`load_adapter_model`): loading or
 merging an adapter with grown embeddings into an un-resized base is the classic export failure.
 """
@@ -87,6 +90,8 @@ class GrownVocab:
     init: EmbeddingInit
     composed_from_base: int
     """New pieces whose row was composed from base tokens (the rest got the mean)."""
+    grown_before: bool = False
+    """The model had the merged vocabulary already (an export of ``pretrain``)."""
 
 
 def tokenizer_meta(tokenizer_dir: Path) -> dict[str, Any]:
@@ -153,12 +158,15 @@ def grow_embeddings(model: PreTrainedModel, tokenizer_dir: Path, init: Embedding
             f"has {base_size}: the model and {tokenizer_dir} do not belong together"
         )
     rows = padded_vocab_size(tok_size)
-    if old_rows > base_size and old_rows >= tok_size:
-        raise StageError(
-            f"the base model already has {old_rows} embedding rows (>= {tok_size}): it looks "
-            f"resized already; give the original base model"
-        )
     new_ids = list(range(base_size, tok_size))
+    if old_rows == rows:  # grown already (pretrain's export): its new rows are trained ones
+        return GrownVocab(base_size, tok_size, rows, new_ids, init, 0, grown_before=True)
+    if old_rows > base_size:
+        raise StageError(
+            f"the base model has {old_rows} embedding rows, but the merged tokenizer has "
+            f"{base_size} base pieces and {tok_size} in all ({rows} rows, padded to a multiple "
+            f"of {PAD_VOCAB_TO}): the model and {tokenizer_dir} do not belong together"
+        )
     parts: dict[int, list[int]] = {}
     if init == "compose":
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -207,7 +215,9 @@ def attach_lora(
     new_token_ids: list[int],
     embedding_training: EmbeddingTraining,
 ) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters; only adapters and the chosen embedding rows train."""
+    """Wrap ``model`` with LoRA adapters; only adapters and the chosen embedding rows train.
+    With ``trainable_tokens`` only the new rows of embed_tokens and lm_head train: the base
+    rows stay bit-identical, so English is untouched."""
     from peft import LoraConfig, get_peft_model
 
     extra: dict[str, Any] = {}

@@ -41,7 +41,10 @@ class TrainSettings(StrictModel):
     """Sequences per optimizer step across all processes; gradient accumulation is derived
     (global / (micro x processes)), so results do not depend on the number of processes."""
     learning_rate: float = Field(2e-4, gt=0)
-    """Peak learning rate."""
+    """Peak learning rate (of the LoRA adapters)."""
+    embedding_lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the trained embedding rows (new rows, or the embed_tokens and
+    lm_head copies); default: ``learning_rate``. Same schedule, no weight decay."""
     lr_warmup_steps: int = Field(0, ge=0)
     """Linear warmup, then cosine decay to ``min_lr_ratio`` x the peak."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -60,6 +63,10 @@ class TrainSettings(StrictModel):
     """How many checkpoints to keep while training (older ones are deleted)."""
     eval_every_steps: int = Field(200, ge=1)
     """Validation loss interval (and at the end)."""
+    keep_best_checkpoint: bool = False
+    """Export the checkpoint with the lowest validation loss instead of the last one (it is
+    kept through checkpoint rotation; needs ``save_every_steps`` a multiple of
+    ``eval_every_steps``)."""
     log_every_steps: int = Field(10, ge=1)
     seed: int = 42
     """Seeds data order, dropout and LoRA initialisation."""
@@ -82,8 +89,12 @@ class TrainSpec:
 
     model: ModelSpec
     train: dict[str, Any]
-    corpus_dir: str
+    data_dir: str
+    """A packed pretraining corpus (:mod:`.corpus`) or instruction rows (:mod:`.sft_data`)."""
     work_dir: str
+    data_kind: Literal["corpus", "sft"] = "corpus"
+    batching: Literal["packed", "padded"] = "packed"
+    """Instruction rows: packed with restarting positions, or padded and grouped by length."""
     deepspeed_config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

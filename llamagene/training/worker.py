@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,11 +82,14 @@ def build_model(spec: ModelSpec, work_dir: Path, dtype: torch.dtype | None) -> P
         base_dir, spec.base_model_config, spec.seed, int(meta["base_vocab_size"]), dtype
     )
     grown = grow_embeddings(model, tokenizer_dir, spec.embedding_init)
-    log.info(
-        "vocabulary %d -> %d rows (%d new pieces, %d composed from base tokens, init %s)",
-        grown.base_vocab_size, grown.rows, len(grown.new_token_ids), grown.composed_from_base,
-        grown.init,
-    )  # fmt: skip
+    if grown.grown_before:
+        log.info("vocabulary: the base has the merged tokenizer's %d rows already", grown.rows)
+    else:
+        log.info(
+            "vocabulary %d -> %d rows (%d new pieces, %d composed from base tokens, init %s)",
+            grown.base_vocab_size, grown.rows, len(grown.new_token_ids),
+            grown.composed_from_base, grown.init,
+        )  # fmt: skip
     if spec.base_model_dir is None and _is_rank_zero():
         tmp = saved.with_name(f".base_model.tmp-{os.getpid()}")
         model.save_pretrained(str(tmp))
@@ -101,8 +105,6 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from llamagene.training.corpus import open_corpus
-
     settings = TrainSettings.model_validate(spec.train)
     work_dir = Path(spec.work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,8 +118,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if spec.deepspeed_config is not None and not on_gpu:
         _avoid_deepspeed_jit()
-    corpus = open_corpus(Path(spec.corpus_dir))
-    train_data, valid_data = corpus.dataset("train"), corpus.dataset("valid")
+    data = _open_data(spec)
+    valid_data = data.valid
 
     dtype = torch.bfloat16 if precision == "bf16" and on_gpu else torch.float32
     base = build_model(spec.model, work_dir, dtype)
@@ -126,6 +128,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     lora = LoraSettings.model_validate(spec.model.lora)
     set_seed(settings.seed)  # LoRA's A matrices are random: same init in every process
     model = attach_lora(base, lora, new_ids, spec.model.embedding_training)
+    # no cache in training: with one, transformers would not build the block-diagonal mask
+    # of packed rows (position ids restarting, no attention mask) and rows would see each other
+    model.config.use_cache = False
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()  # trainable weights keep fp32 master values
@@ -157,6 +162,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         save_total_limit=settings.keep_checkpoints,
         eval_strategy="steps" if len(valid_data) else "no",
         eval_steps=settings.eval_every_steps,
+        load_best_model_at_end=settings.keep_best_checkpoint and len(valid_data) > 0,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        train_sampling_strategy="group_by_length" if data.padded else "random",
+        include_num_input_tokens_seen="non_padding" if data.padded else "all",
         seed=settings.seed,
         data_seed=settings.seed,
         use_cpu=not on_gpu,
@@ -167,9 +177,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         ddp_find_unused_parameters=False,
     )
     trainer = _make_trainer(
-        model, args, train_data, valid_data, work_dir / LOGS_DIR,
-        settings.global_batch_size * corpus.block_size,
-    )  # fmt: skip
+        model, args, data, work_dir / LOGS_DIR, settings.embedding_lr or settings.learning_rate
+    )
     # rank 0 looks first and removes incomplete checkpoints; the others then see what it left
     with args.main_process_first(local=False, desc="choosing the checkpoint to resume from"):
         resume = resume_checkpoint(
@@ -199,7 +208,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "eval_loss": round(float(metrics["eval_loss"]), 6) if "eval_loss" in metrics else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "tokens_per_step": settings.global_batch_size * corpus.block_size,
+        "tokens_per_step": round(trainer.state.num_input_tokens_seen / max(steps, 1)),
+        "best_checkpoint": _best_step(trainer.state.best_model_checkpoint),
         "train_seconds_this_run": round(seconds, 2),
         "tokens_per_s": round(_mean_rate(trainer.state.log_history), 1),
         "peak_rss_mb_rank0": _peak_rss_mb(),
@@ -216,28 +226,87 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return figures
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What the worker trains on: datasets, the collator that batches them, and whether the
+    batches are padded (then only non-padding tokens count as tokens seen)."""
+
+    train: Any
+    valid: Any
+    collator: Any
+    padded: bool
+
+
+def _open_data(spec: TrainSpec) -> TrainingData:
+    """A pretraining corpus (fixed blocks; documents restart their positions inside a block)
+    or instruction rows (packed, or padded and grouped by length)."""
+    if spec.data_kind == "corpus":
+        from transformers import default_data_collator
+
+        from llamagene.training.corpus import open_corpus
+
+        corpus = open_corpus(Path(spec.data_dir))
+        return TrainingData(
+            corpus.dataset("train"), corpus.dataset("valid"), default_data_collator, False
+        )
+    from llamagene.prompt_format import PromptFormat
+    from llamagene.training.collate import PackedCollator, PaddedCollator
+    from llamagene.training.sft_data import open_sft
+
+    data_dir = Path(spec.data_dir)
+    if spec.batching == "packed":
+        return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
+                            PackedCollator(), False)  # fmt: skip
+    eos = PromptFormat.from_dir(Path(spec.model.tokenizer_dir)).eos_id
+    return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
+                        PaddedCollator(eos), True)  # fmt: skip
+
+
+def embedding_parameter(name: str) -> bool:
+    """Whether a trainable parameter is embedding rows (PEFT's trainable-token deltas, or the
+    embed_tokens / lm_head copies of ``modules_to_save``) rather than a LoRA matrix."""
+    return "trainable_tokens_delta" in name or "modules_to_save" in name
+
+
 def _make_trainer(
-    model: torch.nn.Module,
-    args: Any,
-    train_data: Any,
-    valid_data: Any,
-    logs_dir: Path,
-    tokens_per_step: int,
+    model: torch.nn.Module, args: Any, data: TrainingData, logs_dir: Path, embedding_lr: float
 ) -> Trainer:
     from transformers import Trainer, TrainerCallback
 
+    trained = model
+
     class MetricsTrainer(Trainer):
-        """Adds tokens/s to every training log line, and writes each line to metrics.jsonl."""
+        """Adds tokens/s to every training log line, writes each line to metrics.jsonl, and
+        gives the embedding rows a learning rate of their own."""
 
         _last: tuple[float, int] | None = None
 
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is None:
+                named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
+                decay = set(self.get_decay_parameter_names(trained))
+                groups = [
+                    {"params": [p for n, p in named if not embedding_parameter(n) and n in decay],
+                     "weight_decay": self.args.weight_decay},
+                    {"params": [p for n, p in named
+                                if not embedding_parameter(n) and n not in decay],
+                     "weight_decay": 0.0},
+                    {"params": [p for n, p in named if embedding_parameter(n)],
+                     "weight_decay": 0.0, "lr": embedding_lr},
+                ]  # fmt: skip
+                groups = [g for g in groups if g["params"]]
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args)
+                self.optimizer = optimizer_cls(groups, **kwargs)
+            return super().create_optimizer(model)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            now, step = time.perf_counter(), self.state.global_step
+            now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
+            step = self.state.global_step
             if "loss" in logs:
-                if self._last is not None and step > self._last[1]:
-                    rate = (step - self._last[1]) * tokens_per_step / (now - self._last[0])
+                if self._last is not None and tokens > self._last[1]:
+                    rate = (tokens - self._last[1]) / (now - self._last[0])
                     logs["tokens_per_s"] = round(rate, 1)
-                self._last = (now, step)
+                self._last = (now, tokens)
             super().log(logs, start_time)
             if self.is_world_process_zero():
                 line = {"step": step, "time": round(time.time(), 3), **logs}
@@ -274,8 +343,9 @@ def _make_trainer(
     return MetricsTrainer(
         model=model,
         args=args,
-        train_dataset=train_data,
-        eval_dataset=valid_data if len(valid_data) else None,
+        data_collator=data.collator,
+        train_dataset=data.train,
+        eval_dataset=data.valid if len(data.valid) else None,
         callbacks=callbacks,
     )
 
@@ -290,6 +360,10 @@ def _mean_train_loss(history: list[dict[str, Any]], this_run: float) -> float:
             total += float(record["loss"]) * (int(record["step"]) - last)
             last = int(record["step"])
     return total / last if last else float(this_run)
+
+
+def _best_step(checkpoint: str | None) -> int | None:
+    return checkpoint_step(Path(checkpoint)) if checkpoint else None
 
 
 def _mean_rate(history: list[dict[str, Any]]) -> float:

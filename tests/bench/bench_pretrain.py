@@ -362,7 +362,8 @@ def _initial_loss(base_dir: Path, run_dir: Path, init: str) -> float:
     with torch.no_grad():
         for i in range(len(valid)):
             item = valid[i]
-            out = model(input_ids=item["input_ids"][None], labels=item["labels"][None])
+            out = model(input_ids=item["input_ids"][None], labels=item["labels"][None],
+                        position_ids=item["position_ids"][None], use_cache=False)  # fmt: skip
             losses.append(out.loss.item())
     return sum(losses) / len(losses)
 

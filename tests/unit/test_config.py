@@ -92,8 +92,8 @@ def test_needs_some_input_and_planned_stages(tmp_path: Path) -> None:
     empty = _write(tmp_path, "run_dir: r\nstages:\n  train_bpe: {}\n")
     with pytest.raises(ConfigError, match="give dna_inputs, protein_inputs or both"):
         load_pipeline(empty)
-    planned = _write(tmp_path, "run_dir: r\nstages:\n  finetune: {}\n")
-    with pytest.raises(NotImplementedStageError, match="finetune is not implemented yet"):
+    planned = _write(tmp_path, "run_dir: r\nstages:\n  evaluate: {}\n")
+    with pytest.raises(NotImplementedStageError, match="evaluate is not implemented yet"):
         load_pipeline(planned)
 
 

@@ -244,10 +244,11 @@ def test_packing_keeps_the_tail_and_pads_it(mixed: PackedCorpus) -> None:
     last = train[len(train) - 1]
     real = bs - stats["padding_tokens"]
     assert last["input_ids"].dtype.is_floating_point is False and last["input_ids"].shape == (bs,)
-    assert (last["labels"][real:] == -100).all() and (last["attention_mask"][real:] == 0).all()
-    assert (last["input_ids"][real:] == EOS).all()
-    assert (last["labels"][:real] == last["input_ids"][:real]).all()
-    assert last["attention_mask"][:real].all() and (train[0]["labels"] != -100).all()
+    assert (last["labels"][real:] == -100).all() and (last["input_ids"][real:] == EOS).all()
+    assert "attention_mask" not in last and last["position_ids"][real] == 0  # own segment
+    bos = last["input_ids"] == BOS  # a bos label is -100: no eos -> bos across the seam
+    assert (last["labels"][:real] == last["input_ids"][:real].masked_fill(bos[:real], -100)).all()
+    assert ((train[0]["labels"] == -100) == (train[0]["input_ids"] == BOS)).all()
     valid = mixed.dataset("valid")
     assert len(valid) == mixed.valid_blocks and valid[-1]["labels"][-1] == -100
     with pytest.raises(IndexError):

@@ -1,0 +1,111 @@
+"""What the training stages (``pretrain``, ``finetune``) share around the worker: the work key,
+the DeepSpeed config, starting the workers (here, or under a launcher), and the export.
+
+    key = work_key(plain_config, corpus_key, tokenizer_dir)
+    run_workers(spec, spec_path, ctx.launcher, "finetune")     # resumes from a checkpoint
+    figures, timings = export_run(spec, ctx.out_dir, sample_ids, merged=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llamagene import locks
+from llamagene.errors import StageError
+from llamagene.manifest import write_text_atomic
+from llamagene.training.spec import FINAL_DIR, LOGS_DIR, TIMING_FIGURES, TrainSpec
+
+log = logging.getLogger("llamagene")
+#: Config keys that do not change what is trained (kept out of the work key).
+NOT_IN_KEY = ("data_workers", "cache_dir", "export_merged")
+#: Figures that differ between identical runs; ``logs/`` is volatile too.
+TIMINGS = "timings.json"
+
+
+def work_key(plain_config: dict[str, Any], data_key: str, tokenizer_dir: Path) -> str:
+    """The checkpoint folder's key: the config (but for keys that change nothing trained), the
+    training data's key and the tokenizer."""
+    plain = {k: v for k, v in plain_config.items() if k not in NOT_IN_KEY}
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode())
+    digest.update(data_key.encode())
+    digest.update((tokenizer_dir / "tokenizer.json").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def deepspeed_config(path: Path) -> dict[str, Any]:
+    """A DeepSpeed JSON config, checked for what llamagene relies on."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path} does not exist") from None
+    except (OSError, ValueError) as err:
+        raise StageError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise StageError(f"{path}: should be a JSON object")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise StageError(f"{path}: zero_optimization.stage must be 0-3, not {stage!r}")
+    return config
+
+
+def run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None, stage: str) -> None:
+    """Train in this process, or start workers under the launcher and wait for them."""
+    if (Path(spec.work_dir) / FINAL_DIR / "train_figures.json").is_file():
+        log.info("%s: training finished in an earlier run (%s); exporting", stage, spec.work_dir)
+        return
+    if launcher is None and spec.deepspeed_config is None:
+        from llamagene.training.worker import train
+
+        train(spec)
+        return
+    if launcher is None:  # DeepSpeed needs a process group: a one-process torchrun gives one
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "1"]  # fmt: skip
+    program = launcher[0]
+    beside_python = Path(sys.executable).parent / program
+    if shutil.which(program) is None and "/" not in program and beside_python.is_file():
+        program = str(beside_python)  # torchrun / deepspeed of this venv, not activated
+    command = [program, *launcher[1:], "--module", "llamagene.training", str(spec_path)]
+    log.info("%s: starting workers: %s", stage, " ".join(command))
+    try:
+        # SIGTERM, not SIGKILL: the launcher (torchrun, deepspeed) then stops its own workers
+        done = subprocess.run(command, check=False, preexec_fn=locks.terminate_with_parent)
+    except FileNotFoundError:
+        raise StageError(f"launcher not found: {launcher[0]} (is it on PATH?)") from None
+    if done.returncode != 0:
+        raise StageError(
+            f"training workers failed (exit {done.returncode}); their output is above. "
+            f"Rerun the stage to resume from the last checkpoint in {spec.work_dir}"
+        )
+
+
+def export_run(
+    spec: TrainSpec, out_dir: Path, sample_ids: list[int], merged: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Export the finished training into ``out_dir`` (``adapter/``, ``merged/`` when asked,
+    ``logs/``); returns the reproducible figures and the timings (see ``TIMING_FIGURES``)."""
+    from llamagene.training.export import export_adapter, export_merged
+
+    work_dir = Path(spec.work_dir)
+    final = work_dir / FINAL_DIR
+    figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))
+    timings = {k: figures.pop(k) for k in TIMING_FIGURES if k in figures}
+    start = time.perf_counter()
+    export_adapter(spec, final, Path(spec.model.tokenizer_dir), out_dir)
+    if merged:
+        figures["export"] = export_merged(spec, out_dir, sample_ids)
+    timings["export_seconds"] = round(time.perf_counter() - start, 2)
+    shutil.copytree(work_dir / LOGS_DIR, out_dir / LOGS_DIR)
+    return figures, timings
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
