@@ -124,8 +124,8 @@ class Finetune:
         sft_dir = ctx.upstream("build_sft")
         splits = {"train": sft_dir / "train.jsonl", "dev": sft_dir / "dev.jsonl"}
         data_key = _data_key(splits, max_tokens, cfg.overflow, FORMAT_VERSION)
-        work_dir = ctx.work_dir(work_key(to_plain(cfg) | {"base": str(base_dir)}, data_key,
-                                         tokenizer_dir))  # fmt: skip
+        base = {"base": _folder_identity(base_dir)}  # a re-exported base starts afresh
+        work_dir = ctx.work_dir(work_key(to_plain(cfg) | base, data_key, tokenizer_dir))
         stats = prepare_sft(splits, tokenizer_dir, work_dir / "data", max_tokens, cfg.overflow)
         if stats["train"]["rows"] == 0:
             dropped = stats["train"]["dropped_too_long"]
@@ -219,6 +219,15 @@ def _check_base(base_dir: Path, tokenizer_dir: Path) -> int:
             f"{tokenizer_dir}: the model was trained with another vocabulary"
         )
     return int(config.get("max_position_embeddings", 2048))
+
+
+def _folder_identity(folder: Path) -> list[tuple[str, int, int]]:
+    """Each file of a model folder by name, size and modification time: cheap, and new when
+    the folder is written again (a model's weights are too big to hash on every run)."""
+    return [
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    ]  # fmt: skip
 
 
 def _data_key(splits: dict[str, Path], max_tokens: int, overflow: str, version: int) -> str:

@@ -4,7 +4,8 @@ Reads   ``base_tokenizer`` (a SentencePiece BPE ``tokenizer.model``, or a HF fol
         ``train_bpe``'s ``dna.model`` / ``protein.model`` and held-out windows.
 Writes  ``<run_dir>/merge_vocab/``:
           ``tokenizer/``   HF tokenizer folder: ``AutoTokenizer.from_pretrained`` loads it as a fast
-                           tokenizer; ``tokenizer.model`` is the same vocabulary for SentencePiece
+                           tokenizer; ``tokenizer.model`` is the same vocabulary for SentencePiece;
+                           ``chat_template.jinja`` is the prompt format (:mod:`llamagene.prompt_format`)
           ``report.json``, ``report.md``   id ranges, vocabulary sizes and the checks below
 Run     ``llamagene run PIPELINE.yaml --only merge_vocab``
 

@@ -5,14 +5,10 @@ Reads   a data recipe (``data_recipes/*.yaml``: DNA/protein FASTA, English text 
 Writes  ``<cache_dir>/<key[:16]>/``: ``train.bin`` and ``valid.bin`` (flat uint32 token ids,
         ``block_size`` per block, the last block padded with eos), ``stats.json``, ``meta.json``.
 
-1. Documents: a text paragraph (lines up to a blank line), a JSONL line's ``text_field``, or a
-   window of at most ``window_chars`` residues of a FASTA record (:func:`iter_windows`).
-   Sequences are mapped to the tokenizer's private-use alphabet (:func:`to_model_text`) and the
-   lone dummy-prefix token ``▁`` SentencePiece puts before them is dropped, so every document is
-   ``[bos] tokens [eos]``. Tokenization runs through ``datasets`` (``map``, ``num_proc``).
-2. Validation split, per document, before mixing: a document is held out when a hash of
-   (seed, source name, document index) falls under ``validation_fraction``, so the split is the
-   same on every run and resume. The validation set is never mixed or repeated.
+1. Documents, each ``[bos] tokens [eos]``: text paragraphs, JSONL fields, FASTA windows, read
+   and tokenized per source by :mod:`llamagene.training.documents`.
+2. Validation split, per document, before mixing (also there): by a hash, so the same on every
+   run and resume; the validation set is never mixed or repeated.
 3. Mixing: each source gets ``weight / sum(weights)`` of the training tokens; documents are
    drawn (seeded) without replacement, and whole epochs plus a seeded partial epoch when a
    source has fewer tokens than its share.
@@ -38,29 +34,25 @@ fast tokenizer's own speed there (~3.5 MB/s).
 from __future__ import annotations
 
 import contextlib
-import functools
-import gzip
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamagene import faults, locks
-from llamagene.alphabets import to_model_text
+from llamagene import locks
 from llamagene.config import to_plain
-from llamagene.errors import LlamageneError, StageError
+from llamagene.errors import StageError
 from llamagene.manifest import FileRecord, record_file, write_text_atomic
-from llamagene.sequences import SequencePolicy, SequenceStats, iter_windows
-from llamagene.training.data_recipe import DataRecipe, SourceConfig
+from llamagene.training.data_recipe import DataRecipe
+from llamagene.training.documents import CorpusError as CorpusError  # callers catch it from here
+from llamagene.training.documents import load_tokenizer, read_source, stable_seed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,10 +64,6 @@ log = logging.getLogger("llamagene")
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _FLUSH_TOKENS = 1 << 22
-
-
-class CorpusError(StageError):
-    """An input of the corpus cannot be used; the message names the file and line."""
 
 
 @dataclass
@@ -239,193 +227,7 @@ def _key_material(
     return {"format": FORMAT_VERSION, "recipe": plain, "tokenizer": tokenizer, "block": block_size}
 
 
-# ---- 1. documents -----------------------------------------------------------------------------
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of a plain or gzip UTF-8 file; errors name the file and line."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    lineno = 0
-    try:
-        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    yield lineno, raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
-                except UnicodeDecodeError as err:
-                    raise CorpusError(
-                        f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at "
-                        f"column {err.start + 1}); convert the file to UTF-8"
-                    ) from None
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise CorpusError(f"{path}:{lineno + 1}: truncated or corrupt gzip ({err})") from None
-
-
-def _paragraphs(path: Path) -> Iterator[tuple[str, str]]:
-    lines: list[str] = []
-    start = 0
-    for lineno, line in itertools.chain(_read_lines(path), [(0, "")]):  # "" ends the last one
-        if line.strip():
-            start = start if lines else lineno
-            lines.append(line)
-        elif lines:
-            yield "\n".join(lines), f"{path}:{start}"
-            lines = []
-
-
-def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
-    for lineno, line in _read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        value = row.get(field) if isinstance(row, dict) else None
-        if not isinstance(value, str):
-            keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise CorpusError(f"{path}:{lineno}: no string field '{field}' (found: {keys})")
-        yield value, f"{path}:{lineno}"
-
-
-def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
-    """A source's documents as rows (run by ``Dataset.from_generator``); counts to stats_path."""
-    source = SourceConfig.model_validate(json.loads(source_json))
-    files, seq = source.files(), SequenceStats()
-    counts: dict[str, Any] = {
-        "documents": 0,
-        "chars": 0,
-        "dropped_short": 0,
-        "max_chars_reached": False,
-        "stopped_at": None,
-        "unread_files": 0,
-    }
-    for i, path in enumerate(files):
-        if source.kind in ("dna", "protein"):
-            policy = SequencePolicy(
-                source.kind, source.iupac, source.n_run_min_length, source.protein_ambiguous,
-                protein_hint=f"set kind: protein for source '{source.name}'",
-            )  # fmt: skip
-            windows = iter_windows(path, policy, source.window_chars, source.min_doc_chars, seq)
-            docs: Iterator[tuple[str, str]] = ((w.text, f"{w.path}:{w.line}") for w in windows)
-        else:
-            docs = _paragraphs(path) if source.kind == "text" else _jsonl(path, source.text_field)
-        for text, where in docs:
-            if len(text) < source.min_doc_chars:
-                counts["dropped_short"] += 1
-            elif source.max_chars is not None and counts["chars"] >= source.max_chars:
-                counts.update(
-                    max_chars_reached=True, stopped_at=where, unread_files=len(files) - i - 1
-                )
-                break
-            else:
-                counts["documents"] += 1
-                counts["chars"] += len(text)
-                yield {"text": text}
-        if counts["max_chars_reached"]:
-            break
-    counts["dropped_short"] += seq.dropped_short
-    if not counts["documents"]:
-        raise CorpusError(
-            f"source '{source.name}': no documents in {', '.join(map(str, files))} "
-            f"({counts['dropped_short']} shorter than min_doc_chars={source.min_doc_chars})"
-        )
-    Path(stats_path).write_text(json.dumps(counts), encoding="utf-8")
-
-
-@functools.cache
-def _tokenizer(tokenizer_dir: str, version: str) -> Any:
-    """The tokenizer of a folder; ``version`` (its files' hashes) keeps a rewritten one fresh."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-def _tokenize(
-    batch: dict[str, list[str]], tokenizer_dir: str, version: str, kind: str
-) -> dict[str, Any]:
-    faults.reached("corpus.tokenize")
-    tok = _tokenizer(tokenizer_dir, version)
-    texts = batch["text"]
-    if kind in ("dna", "protein"):
-        texts = [to_model_text(t, "dna" if kind == "dna" else "protein") for t in texts]
-    dummy = tok.convert_tokens_to_ids("▁") if kind in ("dna", "protein") else None
-    dummy = dummy if dummy is not None and tok.convert_ids_to_tokens(dummy) == "▁" else None
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
-    bos, eos = tok.bos_token_id, tok.eos_token_id
-    return {"input_ids": [[bos, *(x[1:] if x and x[0] == dummy else x), eos] for x in ids]}
-
-
-def _tokenize_source(
-    source: SourceConfig, tokenizer_dir: Path, version: str, work: Path, num_proc: int
-) -> tuple[dict[str, Any], npt.NDArray[np.int64]]:
-    """Read and tokenize one source into ``work/<name>.tokens``: (counts, document offsets)."""
-    import datasets
-    import numpy as np
-
-    hf_dir, stats_path = work / f"hf-{source.name}", work / f"{source.name}.counts.json"
-    kwargs = {
-        "source_json": source.model_dump_json(exclude_unset=True),
-        "stats_path": str(stats_path),
-    }
-    try:
-        ds = datasets.Dataset.from_generator(
-            _documents,
-            features=datasets.Features({"text": datasets.Value("string")}),
-            gen_kwargs=kwargs,
-            cache_dir=str(hf_dir),
-            fingerprint=f"docs-{source.name}",
-        )
-    except datasets.exceptions.DatasetGenerationError as err:
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, LlamageneError):
-            cause = cause.__cause__ or cause.__context__
-        raise (cause or err) from None
-    counts = json.loads(stats_path.read_text(encoding="utf-8"))
-    ds = ds.map(
-        _tokenize,
-        batched=True,
-        num_proc=min(num_proc, len(ds)) if num_proc > 1 and len(ds) > 1 else None,
-        remove_columns=["text"],
-        cache_file_name=str(hf_dir / "tokens.arrow"),
-        fn_kwargs={"tokenizer_dir": str(tokenizer_dir), "version": version, "kind": source.kind},
-        features=datasets.Features({"input_ids": datasets.List(datasets.Value("uint32"))}),
-        new_fingerprint=f"tok-{source.name}",
-        desc=f"corpus: tokenizing {source.name}",
-    )
-    lengths = []
-    with open(work / f"{source.name}.tokens", "wb") as out:
-        for table in ds.with_format("arrow").iter(batch_size=10_000):
-            column = table.column("input_ids").combine_chunks()
-            out.write(column.flatten().to_numpy().astype(np.uint32).tobytes())
-            lengths.append(column.value_lengths().to_numpy())
-    del ds
-    shutil.rmtree(hf_dir, ignore_errors=True)
-    return counts, np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
-
-
-# ---- 2. split, 3. mix -------------------------------------------------------------------------
-
-
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
-
-
-def split_validation(
-    n: int, seed: int, name: str, fraction: float, min_docs: int
-) -> npt.NDArray[np.bool_]:
-    """Which of ``n`` documents are held out: by a hash of (seed, name, index), no RNG state."""
-    import numpy as np
-
-    x = np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(_seed(seed, name))
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    draw = (x ^ (x >> np.uint64(31))) >> np.uint64(11)
-    k = int((draw < np.uint64(fraction * 2**53)).sum())
-    k = min(max(k, min_docs if n >= 2 else 0), max(n - 1, 0))  # keep one to train on
-    valid = np.zeros(n, dtype=bool)
-    valid[np.argsort(draw, kind="stable")[:k]] = True
-    return valid
+# ---- 3. mix -----------------------------------------------------------------------------------
 
 
 def sample_documents(
@@ -493,35 +295,19 @@ def _build(
 
     start = time.perf_counter()
     version = json.dumps(meta["tokenizer"], sort_keys=True)
-    tok = _tokenizer(str(tok_dir), version)
+    tok = load_tokenizer(str(tok_dir), version)
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise StageError(f"{tok_dir}: the tokenizer needs a bos and an eos token")
-    docs, stats, train_idx, valid_idx, train_lengths = [], {}, [], [], []
-    for source in recipe.sources:
-        counts, offsets = _tokenize_source(source, tok_dir, version, work, num_proc)
-        docs.append((np.memmap(work / f"{source.name}.tokens", np.uint32, "r"), offsets))
-        lengths = np.diff(offsets)
-        valid = split_validation(
-            len(lengths), recipe.seed, source.name,
-            recipe.validation_fraction, recipe.min_validation_documents,
-        )  # fmt: skip
-        train_idx.append(np.flatnonzero(~valid))
-        train_lengths.append(lengths[~valid])
-        valid_idx.append(np.flatnonzero(valid))
-        stats[source.name] = {
-            **counts,
-            "tokens": int(lengths.sum()),
-            "valid_documents": int(valid.sum()),
-            "valid_tokens": int(lengths[valid].sum()),
-            "train_tokens_available": int(lengths[~valid].sum()),
-        }
-    picked = _mix(recipe, train_lengths, stats)
-    rng = np.random.default_rng(_seed(recipe.seed, "pack"))
-    order = np.concatenate([_pairs(i, train_idx[i][p]) for i, p in enumerate(picked)])
+    sources = [read_source(s, recipe, tok_dir, version, work, num_proc) for s in recipe.sources]
+    docs = [(s.tokens, s.offsets) for s in sources]
+    stats = {s.name: s.stats for s in sources}
+    picked = _mix(recipe, [np.diff(s.offsets)[s.train] for s in sources], stats)
+    rng = np.random.default_rng(stable_seed(recipe.seed, "pack"))
+    order = np.concatenate([_pairs(i, sources[i].train[p]) for i, p in enumerate(picked)])
     splits = {}
     for split, rows in (
         ("train", order[rng.permutation(len(order))]),
-        ("valid", np.concatenate([_pairs(i, v) for i, v in enumerate(valid_idx)])),
+        ("valid", np.concatenate([_pairs(i, s.valid) for i, s in enumerate(sources)])),
     ):
         real, padding = _pack(docs, rows, work / f"{split}.bin", block_size, tok.eos_token_id)
         splits[split] = {
@@ -583,7 +369,7 @@ def _mix(
         target = round(shares[i] * total)
         if recipe.total_tokens is None:
             target = min(target, int(available[i]))  # float rounding must not cause a repeat
-        rng = np.random.default_rng(_seed(recipe.seed, source.name))
+        rng = np.random.default_rng(stable_seed(recipe.seed, source.name))
         idx, epochs = sample_documents(lengths[i], target, rng)
         used = int(lengths[i][idx].sum())
         stats[source.name].update(

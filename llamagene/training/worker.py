@@ -139,6 +139,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
              100 * trainable / total)  # fmt: skip
 
     checkpoints = work_dir / CHECKPOINTS_DIR
+    keep_best = settings.keep_best_checkpoint and len(valid_data) > 0
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.micro_batch_size,
@@ -162,9 +163,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         save_total_limit=settings.keep_checkpoints,
         eval_strategy="steps" if len(valid_data) else "no",
         eval_steps=settings.eval_every_steps,
-        load_best_model_at_end=settings.keep_best_checkpoint and len(valid_data) > 0,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
         train_sampling_strategy="group_by_length" if data.padded else "random",
         include_num_input_tokens_seen="non_padding" if data.padded else "all",
         seed=settings.seed,
@@ -209,7 +210,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "tokens_per_step": round(trainer.state.num_input_tokens_seen / max(steps, 1)),
-        "best_checkpoint": _best_step(trainer.state.best_model_checkpoint),
+        "best_checkpoint": _best_step(trainer.state.best_model_checkpoint) if keep_best else None,
         "train_seconds_this_run": round(seconds, 2),
         "tokens_per_s": round(_mean_rate(trainer.state.log_history), 1),
         "peak_rss_mb_rank0": _peak_rss_mb(),

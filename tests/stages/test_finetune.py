@@ -151,3 +151,18 @@ def test_a_missing_pretrain_export_is_named(tmp_path: Path) -> None:
     ctx = StageContext("finetune", tmp_path, tmp_path / "out", {"pretrain": tmp_path / "pretrain"})
     with pytest.raises(StageError, match=r"pretrain's export .*merged is missing"):
         _base_dir(FinetuneConfig(), ctx)
+
+
+def test_padded_batches_and_the_best_dev_checkpoint(tmp_path: Path) -> None:
+    from finetune_setup import FINETUNE
+
+    training = {**FINETUNE["training"], "keep_best_checkpoint": True, "learning_rate": 0.05}
+    result = run_cli("run", str(setup_pipeline(tmp_path, batching="padded", training=training)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "finetune" / "report.json").read_text())
+    lines = (tmp_path / "run" / "finetune" / "logs" / "metrics.jsonl").read_text().splitlines()
+    evaluations = [(r["step"], r["eval_loss"]) for r in map(json.loads, lines) if "eval_loss" in r]
+    scheduled = evaluations[:2]  # at steps 4 and 8; then the exported model's own evaluation
+    best_step, best_loss = min(scheduled, key=lambda e: e[1])
+    assert [s for s, _ in scheduled] == [4, 8] and report["best_checkpoint"] == best_step
+    assert report["eval_loss"] == pytest.approx(best_loss, abs=1e-6)

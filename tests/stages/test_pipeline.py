@@ -46,7 +46,7 @@ def test_outputs_and_manifest(done: Pipeline) -> None:
     tok_dir = run_dir / "merge_vocab" / "tokenizer"
     assert {p.name for p in tok_dir.iterdir()} == {
         "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-        "llamagene_tokenizer.json",
+        "llamagene_tokenizer.json", "chat_template.jinja",
     }  # fmt: skip
     dna = spm.SentencePieceProcessor(model_file=str(bpe / "dna.model"))
     assert dna.vocab_size() == 300

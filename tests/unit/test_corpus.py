@@ -16,15 +16,9 @@ import yaml
 import llamagene.training.corpus as corpus_module
 from llamagene.errors import ConfigError
 from llamagene.sequences import SequenceFormatError
-from llamagene.training.corpus import (
-    CorpusError,
-    PackedCorpus,
-    _documents,
-    prepare_corpus,
-    sample_documents,
-    split_validation,
-)
+from llamagene.training.corpus import CorpusError, PackedCorpus, prepare_corpus, sample_documents
 from llamagene.training.data_recipe import DataRecipe, load_recipe, recipe_inputs
+from llamagene.training.documents import _documents, split_validation
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -116,3 +116,35 @@ def test_adapter_loads_only_onto_a_resized_base(merged_tokenizer_dir: Path, tmp_
     with torch.no_grad():
         got = loaded(input_ids=x).logits
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_embedding_rows_get_their_own_learning_rate(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from llamagene.training.collate import PackedCollator
+    from llamagene.training.model import LoraSettings, attach_lora
+    from llamagene.training.worker import TrainingData, _make_trainer, embedding_parameter
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, vocab_size=128,
+                         tie_word_embeddings=False)  # fmt: skip
+    model = attach_lora(LlamaForCausalLM(config), LoraSettings(r=2), [100, 101], "trainable_tokens")
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
+                             use_cpu=True, report_to=[])  # fmt: skip
+    data = TrainingData([{"input_ids": [1, 2], "labels": [1, 2]}], [], PackedCollator(), False)
+    trainer = _make_trainer(model, args, data, tmp_path / "logs", embedding_lr=5e-3)
+    optimizer = trainer.create_optimizer()
+    rows = {id(p) for n, p in model.named_parameters() if embedding_parameter(n)}
+    assert rows and all(p.requires_grad for n, p in model.named_parameters()
+                        if embedding_parameter(n))  # fmt: skip
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & rows:
+            assert ids == rows and group["lr"] == 5e-3 and group["weight_decay"] == 0.0
+        else:
+            assert group["lr"] == 1e-3
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+    frozen = model.get_input_embeddings().token_adapter.base_layer.weight  # the base rows
+    assert not frozen.requires_grad and id(frozen) not in trained
