@@ -410,7 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank, then close the process group: a rank that exits while gloo's
+    threads still run can abort ("terminate called without an active exception"), and the
+    launcher then fails the whole run after training succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
