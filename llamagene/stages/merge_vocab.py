@@ -5,7 +5,7 @@ Reads   ``base_tokenizer`` (a SentencePiece BPE ``tokenizer.model``, or a HF fol
 Writes  ``<run_dir>/merge_vocab/``:
           ``tokenizer/``   HF tokenizer folder: ``AutoTokenizer.from_pretrained`` loads it as a fast
                            tokenizer; ``tokenizer.model`` is the same vocabulary for SentencePiece;
-                           ``chat_template.jinja`` is the prompt format (:mod:`llamagene.prompt_format`)
+                           ``chat_template.jinja`` is the prompt format (``prompt_format.py``)
           ``report.json``, ``report.md``   id ranges, vocabulary sizes and the checks below
 Run     ``llamagene run PIPELINE.yaml --only merge_vocab``
 

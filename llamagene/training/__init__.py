@@ -8,6 +8,7 @@
 - :mod:`.collate`      packed (padding-free) and padded batches
 - :mod:`.spec`         the settings and the spec a stage hands its workers
 - :mod:`.worker`       one training process (``python -m llamagene.training SPEC.json``)
+- :mod:`.trainer`      the HF Trainer as the worker uses it: data, optimizer groups, logs
 - :mod:`.checkpoints`  which checkpoint a rerun may resume from
 - :mod:`.run`          what the training stages share: work key, workers, export
 - :mod:`.export`       the adapter, the merged model, and the checks on them

@@ -9,6 +9,9 @@ calls :func:`train` in its own process or starts this module under a launcher; e
 the same code. HF ``Trainer`` does the loop, DeepSpeed (ZeRO-2 or 3) when the spec names a
 config; the control flow that matters stays here:
 
+- the data is pretraining blocks (``data_kind: corpus``) or instruction rows (``sft``, packed or
+  padded; :mod:`.trainer` opens either); packed sequences need ``use_cache=False``, set here,
+  for transformers to keep their documents or rows apart;
 - the global batch is fixed by the config and gradient accumulation is derived from the world
   size, so 1 process and N processes take the same optimizer steps on the same blocks;
 - a rerun resumes from the newest *complete* checkpoint in ``work_dir/checkpoints`` (model,
@@ -27,11 +30,9 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,15 +47,9 @@ from llamagene.training.model import (
     grow_embeddings,
     tokenizer_meta,
 )
-
-if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, Trainer
-
 from llamagene.training.spec import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
-    KILL_AFTER_SAVE_ENV,
     LOGS_DIR,
     ModelSpec,
     TrainSettings,
@@ -62,6 +57,12 @@ from llamagene.training.spec import (
     resolve_precision,
     zero_stage,
 )
+from llamagene.training.trainer import make_trainer, open_data
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
 
 log = logging.getLogger("llamagene")
 
@@ -118,7 +119,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if spec.deepspeed_config is not None and not on_gpu:
         _avoid_deepspeed_jit()
-    data = _open_data(spec)
+    data = open_data(spec)
     valid_data = data.valid
 
     dtype = torch.bfloat16 if precision == "bf16" and on_gpu else torch.float32
@@ -177,7 +178,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
-    trainer = _make_trainer(
+    trainer = make_trainer(
         model, args, data, work_dir / LOGS_DIR, settings.embedding_lr or settings.learning_rate
     )
     # rank 0 looks first and removes incomplete checkpoints; the others then see what it left
@@ -225,130 +226,6 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             final / "train_figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n"
         )
     return figures
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """What the worker trains on: datasets, the collator that batches them, and whether the
-    batches are padded (then only non-padding tokens count as tokens seen)."""
-
-    train: Any
-    valid: Any
-    collator: Any
-    padded: bool
-
-
-def _open_data(spec: TrainSpec) -> TrainingData:
-    """A pretraining corpus (fixed blocks; documents restart their positions inside a block)
-    or instruction rows (packed, or padded and grouped by length)."""
-    if spec.data_kind == "corpus":
-        from transformers import default_data_collator
-
-        from llamagene.training.corpus import open_corpus
-
-        corpus = open_corpus(Path(spec.data_dir))
-        return TrainingData(
-            corpus.dataset("train"), corpus.dataset("valid"), default_data_collator, False
-        )
-    from llamagene.prompt_format import PromptFormat
-    from llamagene.training.collate import PackedCollator, PaddedCollator
-    from llamagene.training.sft_data import open_sft
-
-    data_dir = Path(spec.data_dir)
-    if spec.batching == "packed":
-        return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
-                            PackedCollator(), False)  # fmt: skip
-    eos = PromptFormat.from_dir(Path(spec.model.tokenizer_dir)).eos_id
-    return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
-                        PaddedCollator(eos), True)  # fmt: skip
-
-
-def embedding_parameter(name: str) -> bool:
-    """Whether a trainable parameter is embedding rows (PEFT's trainable-token deltas, or the
-    embed_tokens / lm_head copies of ``modules_to_save``) rather than a LoRA matrix."""
-    return "trainable_tokens_delta" in name or "modules_to_save" in name
-
-
-def _make_trainer(
-    model: torch.nn.Module, args: Any, data: TrainingData, logs_dir: Path, embedding_lr: float
-) -> Trainer:
-    from transformers import Trainer, TrainerCallback
-
-    trained = model
-
-    class MetricsTrainer(Trainer):
-        """Adds tokens/s to every training log line, writes each line to metrics.jsonl, and
-        gives the embedding rows a learning rate of their own."""
-
-        _last: tuple[float, int] | None = None
-
-        def create_optimizer(self, model: Any = None) -> Any:
-            if self.optimizer is None:
-                named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
-                decay = set(self.get_decay_parameter_names(trained))
-                groups = [
-                    {"params": [p for n, p in named if not embedding_parameter(n) and n in decay],
-                     "weight_decay": self.args.weight_decay},
-                    {"params": [p for n, p in named
-                                if not embedding_parameter(n) and n not in decay],
-                     "weight_decay": 0.0},
-                    {"params": [p for n, p in named if embedding_parameter(n)],
-                     "weight_decay": 0.0, "lr": embedding_lr},
-                ]  # fmt: skip
-                groups = [g for g in groups if g["params"]]
-                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args)
-                self.optimizer = optimizer_cls(groups, **kwargs)
-            return super().create_optimizer(model)
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
-            step = self.state.global_step
-            if "loss" in logs:
-                if self._last is not None and tokens > self._last[1]:
-                    rate = (tokens - self._last[1]) / (now - self._last[0])
-                    logs["tokens_per_s"] = round(rate, 1)
-                self._last = (now, tokens)
-            super().log(logs, start_time)
-            if self.is_world_process_zero():
-                line = {"step": step, "time": round(time.time(), 3), **logs}
-                with (logs_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(line) + "\n")
-
-    class LogAtCheckpoints(TrainerCallback):
-        """Log at every checkpoint and at the last step too: a resumed run then repeats the
-        uninterrupted run's log lines exactly (HF drops the loss summed since the last log
-        when it resumes), and the log history covers every step (see _mean_train_loss)."""
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if control.should_save or state.global_step >= state.max_steps:
-                control.should_log = True
-
-    class KillAfterSave(TrainerCallback):
-        def __init__(self, step: int) -> None:
-            self.step = step
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step >= self.step:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    callbacks: list[Any] = [LogAtCheckpoints()]
-    if _is_rank_zero():
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations.integration_utils import TensorBoardCallback
-
-        writer = SummaryWriter(str(logs_dir / "tensorboard"))
-        callbacks.append(TensorBoardCallback(writer))  # type: ignore[no-untyped-call]
-    if os.environ.get(KILL_AFTER_SAVE_ENV):
-        callbacks.append(KillAfterSave(int(os.environ[KILL_AFTER_SAVE_ENV])))
-    return MetricsTrainer(
-        model=model,
-        args=args,
-        data_collator=data.collator,
-        train_dataset=data.train,
-        eval_dataset=data.valid if len(data.valid) else None,
-        callbacks=callbacks,
-    )
 
 
 def _mean_train_loss(history: list[dict[str, Any]], this_run: float) -> float:

@@ -50,7 +50,7 @@ def test_loss_falls_and_outputs_are_complete(reference: Path) -> None:
 def test_export_reloads_keeps_base_rows_and_never_picks_padding(reference: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from llamagene.prompt_format import PromptFormat, single_turn
+    from llamagene.prompt_format import PromptFormat, messages_of, single_turn
 
     out = reference / "finetune"
     merged = AutoModelForCausalLM.from_pretrained(str(out / "merged")).eval()
@@ -75,8 +75,15 @@ def test_export_reloads_keeps_base_rows_and_never_picks_padding(reference: Path)
     ).scores  # fmt: skip
     for step in scores:
         assert torch.isinf(step[0, size:]).all() and int(step[0].argmax()) < size
+    # the exported folder's chat template gives the prompt format's ids, on every build_sft row
     tokenizer = AutoTokenizer.from_pretrained(str(out / "merged"))
-    assert tokenizer.chat_template is not None
+    for split in ("train", "dev", "test"):
+        for line in (reference / "build_sft" / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            messages = [{"role": m.role, "content": m.content, "markup": row["markup"]}
+                        for m in messages_of(row)]  # fmt: skip
+            got = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+            assert list(got) == fmt.encode(messages_of(row), row["markup"]).input_ids
 
 
 def test_killed_run_resumes_to_the_same_adapter(reference: Path, tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_embedding_rows_get_their_own_learning_rate(tmp_path: Path) -> None:
 
     from llamagene.training.collate import PackedCollator
     from llamagene.training.model import LoraSettings, attach_lora
-    from llamagene.training.worker import TrainingData, _make_trainer, embedding_parameter
+    from llamagene.training.trainer import TrainingData, embedding_parameter, make_trainer
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -133,7 +133,7 @@ def test_embedding_rows_get_their_own_learning_rate(tmp_path: Path) -> None:
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
                              use_cpu=True, report_to=[])  # fmt: skip
     data = TrainingData([{"input_ids": [1, 2], "labels": [1, 2]}], [], PackedCollator(), False)
-    trainer = _make_trainer(model, args, data, tmp_path / "logs", embedding_lr=5e-3)
+    trainer = make_trainer(model, args, data, tmp_path / "logs", embedding_lr=5e-3)
     optimizer = trainer.create_optimizer()
     rows = {id(p) for n, p in model.named_parameters() if embedding_parameter(n)}
     assert rows and all(p.requires_grad for n, p in model.named_parameters()

@@ -1,0 +1,147 @@
+"""The HF ``Trainer`` as the training worker uses it: the data and its collator, the optimizer
+with a learning rate of its own for the embedding rows, tokens/s and ``metrics.jsonl`` on every
+log line, logs at every checkpoint, TensorBoard, and the fault injection of the resume tests.
+
+    data = open_data(spec)                     # corpus blocks, or instruction rows
+    trainer = make_trainer(model, args, data, logs_dir, embedding_lr=1e-4)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamagene.training.spec import KILL_AFTER_SAVE_ENV, TrainSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Trainer
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the worker trains on: datasets, the collator that batches them, and whether the
+    batches are padded (then only non-padding tokens count as tokens seen)."""
+
+    train: Any
+    valid: Any
+    collator: Any
+    padded: bool
+
+
+def open_data(spec: TrainSpec) -> TrainingData:
+    """A pretraining corpus (fixed blocks; documents restart their positions inside a block)
+    or instruction rows (packed, or padded and grouped by length)."""
+    if spec.data_kind == "corpus":
+        from transformers import default_data_collator
+
+        from llamagene.training.corpus import open_corpus
+
+        corpus = open_corpus(Path(spec.data_dir))
+        return TrainingData(
+            corpus.dataset("train"), corpus.dataset("valid"), default_data_collator, False
+        )
+    from llamagene.prompt_format import PromptFormat
+    from llamagene.training.collate import PackedCollator, PaddedCollator
+    from llamagene.training.sft_data import open_sft
+
+    data_dir = Path(spec.data_dir)
+    if spec.batching == "packed":
+        return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
+                            PackedCollator(), False)  # fmt: skip
+    eos = PromptFormat.from_dir(Path(spec.model.tokenizer_dir)).eos_id
+    return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
+                        PaddedCollator(eos), True)  # fmt: skip
+
+
+def embedding_parameter(name: str) -> bool:
+    """Whether a trainable parameter is embedding rows (PEFT's trainable-token deltas, or the
+    embed_tokens / lm_head copies of ``modules_to_save``) rather than a LoRA matrix."""
+    return "trainable_tokens_delta" in name or "modules_to_save" in name
+
+
+def make_trainer(
+    model: torch.nn.Module, args: Any, data: TrainingData, logs_dir: Path, embedding_lr: float
+) -> Trainer:
+    from transformers import Trainer, TrainerCallback
+
+    trained = model
+
+    class MetricsTrainer(Trainer):
+        """Adds tokens/s to every training log line, writes each line to metrics.jsonl, and
+        gives the embedding rows a learning rate of their own."""
+
+        _last: tuple[float, int] | None = None
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is None:
+                named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
+                decay = set(self.get_decay_parameter_names(trained))
+                groups = [
+                    {"params": [p for n, p in named if not embedding_parameter(n) and n in decay],
+                     "weight_decay": self.args.weight_decay},
+                    {"params": [p for n, p in named
+                                if not embedding_parameter(n) and n not in decay],
+                     "weight_decay": 0.0},
+                    {"params": [p for n, p in named if embedding_parameter(n)],
+                     "weight_decay": 0.0, "lr": embedding_lr},
+                ]  # fmt: skip
+                groups = [g for g in groups if g["params"]]
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args)
+                self.optimizer = optimizer_cls(groups, **kwargs)
+            return super().create_optimizer(model)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
+            step = self.state.global_step
+            if "loss" in logs:
+                if self._last is not None and tokens > self._last[1]:
+                    rate = (tokens - self._last[1]) / (now - self._last[0])
+                    logs["tokens_per_s"] = round(rate, 1)
+                self._last = (now, tokens)
+            super().log(logs, start_time)
+            if self.is_world_process_zero():
+                line = {"step": step, "time": round(time.time(), 3), **logs}
+                with (logs_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(line) + "\n")
+
+    class LogAtCheckpoints(TrainerCallback):
+        """Log at every checkpoint and at the last step too: a resumed run then repeats the
+        uninterrupted run's log lines exactly (HF drops the loss summed since the last log
+        when it resumes), and the log history covers every step (see _mean_train_loss)."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if control.should_save or state.global_step >= state.max_steps:
+                control.should_log = True
+
+    class KillAfterSave(TrainerCallback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step >= self.step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    callbacks: list[Any] = [LogAtCheckpoints()]
+    if os.environ.get("RANK", "0") == "0":  # one TensorBoard writer
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations.integration_utils import TensorBoardCallback
+
+        writer = SummaryWriter(str(logs_dir / "tensorboard"))
+        callbacks.append(TensorBoardCallback(writer))  # type: ignore[no-untyped-call]
+    if os.environ.get(KILL_AFTER_SAVE_ENV):
+        callbacks.append(KillAfterSave(int(os.environ[KILL_AFTER_SAVE_ENV])))
+    return MetricsTrainer(
+        model=model,
+        args=args,
+        data_collator=data.collator,
+        train_dataset=data.train,
+        eval_dataset=data.valid if len(data.valid) else None,
+        callbacks=callbacks,
+    )
