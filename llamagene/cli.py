@@ -177,13 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(pipeline)
         return _validate(pipeline)
     except LlamageneError as err:
-        if args.debug or os.environ.get("LLAMAGENE_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _failed(err, args)
     except KeyboardInterrupt:
         print("interrupted: the stage that was running is marked stale", file=sys.stderr)
         return 130
+
+
+def _failed(err: Exception, args: argparse.Namespace) -> int:
+    """One line on stderr, and the error's exit code (a traceback only with --debug)."""
+    if args.debug or os.environ.get("LLAMAGENE_DEBUG"):
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    return int(getattr(err, "exit_code", 1))
 
 
 def _talk(args: argparse.Namespace) -> int:
@@ -214,10 +219,7 @@ def _talk(args: argparse.Namespace) -> int:
             return _chat(generator, settings, args.system)
         return _generate(generator, settings, args.prompt, args.system)
     except LlamageneError as err:
-        if args.debug or os.environ.get("LLAMAGENE_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _failed(err, args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

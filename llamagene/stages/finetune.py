@@ -43,6 +43,7 @@ from llamagene.training.run import (
     TIMINGS,
     deepspeed_config,
     export_run,
+    input_problems,
     run_workers,
     work_key,
     write_json,
@@ -97,17 +98,7 @@ class Finetune:
         return named
 
     def check(self, cfg: FinetuneConfig) -> list[str]:
-        problems = []
-        if cfg.base_model is not None and not (cfg.base_model / "config.json").is_file():
-            problems.append(
-                f"base_model: {cfg.base_model} is not a HF model folder (no config.json)"
-            )
-        if cfg.deepspeed is not None:
-            try:
-                deepspeed_config(cfg.deepspeed)
-            except StageError as err:
-                problems.append(f"deepspeed: {err}")
-        return problems
+        return input_problems(cfg.base_model, cfg.deepspeed)
 
     def run(self, cfg: FinetuneConfig, ctx: StageContext) -> None:
         from llamagene.prompt_format import FORMAT_VERSION

@@ -45,6 +45,7 @@ from llamagene.training.run import (
     TIMINGS,
     deepspeed_config,
     export_run,
+    input_problems,
     run_workers,
     work_key,
     write_json,
@@ -118,20 +119,11 @@ class Pretrain:
     def check(self, cfg: PretrainConfig) -> list[str]:
         from llamagene.training.data_recipe import load_recipe
 
-        problems = []
-        if cfg.base_model is not None and not (cfg.base_model / "config.json").is_file():
-            problems.append(
-                f"base_model: {cfg.base_model} is not a HF model folder (no config.json)"
-            )
+        problems = input_problems(cfg.base_model, cfg.deepspeed)
         try:
             load_recipe(cfg.data_recipe)
         except ConfigError as err:
             problems.extend(f"data_recipe ({err.source}): {p}" for p in err.problems)
-        if cfg.deepspeed is not None:
-            try:
-                deepspeed_config(cfg.deepspeed)
-            except StageError as err:
-                problems.append(f"deepspeed: {err}")
         return problems
 
     def run(self, cfg: PretrainConfig, ctx: StageContext) -> None:

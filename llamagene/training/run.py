@@ -56,6 +56,20 @@ def deepspeed_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def input_problems(base_model: Path | None, deepspeed: Path | None) -> list[str]:
+    """What is wrong with a training stage's base model folder and DeepSpeed config (found
+    without loading either)."""
+    problems = []
+    if base_model is not None and not (base_model / "config.json").is_file():
+        problems.append(f"base_model: {base_model} is not a HF model folder (no config.json)")
+    if deepspeed is not None:
+        try:
+            deepspeed_config(deepspeed)
+        except StageError as err:
+            problems.append(f"deepspeed: {err}")
+    return problems
+
+
 def run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None, stage: str) -> None:
     """Train in this process, or start workers under the launcher and wait for them."""
     if (Path(spec.work_dir) / FINAL_DIR / "train_figures.json").is_file():
