@@ -36,17 +36,17 @@ Two checks guard against inputs that cannot give the vocabulary asked for:
   A/C/G/T/N/U is most likely DNA listed under ``protein_inputs``: a warning, or an error with
   ``strict_alphabet: true`` (proteins are about 25% these letters). DNA inputs need no such
   check: the DNA reader refuses any letter that DNA lacks (IUPAC codes and lowercase are DNA).
+
+The sampling lives in :mod:`llamagene.bpe_sampling`, both checks in :mod:`llamagene.bpe_checks`
+(their constants and :func:`largest_sensible_vocab_size` are importable from here too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -56,31 +56,38 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from llamagene.alphabets import LETTERS, SequenceKind
-from llamagene.config import InputPath, StrictModel
-from llamagene.errors import StageError
-from llamagene.manifest import write_bytes_atomic, write_text_atomic
-from llamagene.sequences import (
-    SequenceFormatError,
-    SequencePolicy,
-    SequenceStats,
-    decompressed_size_upto,
-    iter_fragments,
-    iter_windows,
+from llamagene.alphabets import SequenceKind
+from llamagene.bpe_checks import (
+    ALPHABET_PEEK_RESIDUES,
+    DNA_LIKE_FRACTION,
+    DNA_LIKE_LETTERS,
+    MIN_PAIR_COUNT,
+    check_protein_alphabet,
+    check_vocab_size,
+    dna_like_message,
+    inspect_start,
+    largest_sensible_vocab_size,
+    vocab_size_problem_from_files,
 )
+from llamagene.bpe_sampling import sample_windows
+from llamagene.config import InputPath, StrictModel
+from llamagene.manifest import write_bytes_atomic, write_text_atomic
+from llamagene.sequences import SequencePolicy, SequenceStats
 from llamagene.stages import StageContext
 
-log = logging.getLogger("llamagene")
+__all__ = [
+    "ALPHABET_PEEK_RESIDUES",
+    "DNA_LIKE_FRACTION",
+    "DNA_LIKE_LETTERS",
+    "MIN_PAIR_COUNT",
+    "STAGE",
+    "KindStats",
+    "TrainBpe",
+    "TrainBpeConfig",
+    "largest_sensible_vocab_size",
+]
 
-#: A merge should join a pair seen at least this many times in the training text, so a
-#: vocabulary may have at most one merged piece per this many training characters.
-MIN_PAIR_COUNT = 5
-#: A protein input with at least this share of A/C/G/T/N/U residues looks like DNA (real
-#: proteins: about a quarter, 23.7% in the demo's; DNA: all of it, less its IUPAC codes).
-DNA_LIKE_FRACTION = 0.9
-DNA_LIKE_LETTERS = "ACGTNU"
-#: ``validate`` judges a protein input's alphabet from its first this many residues.
-ALPHABET_PEEK_RESIDUES = 10_000
+log = logging.getLogger("llamagene")
 
 
 class TrainBpeConfig(StrictModel):
@@ -181,12 +188,12 @@ class TrainBpe:
         readable = True
         for name, path in self.inputs(cfg).items():
             kind: SequenceKind = "dna" if name.startswith("dna") else "protein"
-            problem, dna_like = _inspect_start(path, cfg.policy(kind), cfg.strict_alphabet)
+            problem, dna_like = inspect_start(path, cfg.policy(kind), cfg.strict_alphabet)
             if problem:
                 problems.append(f"{name}: {problem}")
                 readable = False
             elif cfg.strict_alphabet and dna_like is not None:
-                problems.append(f"{name}: {_dna_like_message(path, *dna_like, strict=True)}")
+                problems.append(f"{name}: {dna_like_message(path, *dna_like, strict=True)}")
         if not readable:
             return problems  # sizes of unreadable inputs mean nothing
         sizes: tuple[tuple[SequenceKind, list[Path], int], ...] = (
@@ -194,7 +201,9 @@ class TrainBpe:
             ("protein", cfg.protein_inputs, cfg.protein_vocab_size),
         )
         for kind, paths, vocab_size in sizes:
-            problem = _vocab_size_problem_from_files(kind, paths, vocab_size, cfg)
+            problem = vocab_size_problem_from_files(
+                kind, paths, vocab_size, cfg.policy(kind), cfg.max_train_chars
+            )
             if problem:
                 problems.append(problem)
         return problems
@@ -244,32 +253,26 @@ def _train_one(
     seq_stats = SequenceStats(0, 0, 0, 0, 0, 0)
     unit = "bp" if kind == "dna" else "aa"
     start = time.perf_counter()
-    sentences, heldout, chars_read, letters = _sample_windows(
-        kind, paths, sentence_length, cfg, seq_stats, unit
+    sentences, heldout, chars_read, letters = sample_windows(
+        kind,
+        paths,
+        cfg.policy(kind),
+        sentence_length,
+        cfg.min_sentence_length,
+        seed=cfg.seed,
+        max_train_chars=cfg.max_train_chars,
+        heldout_fraction=cfg.heldout_fraction,
+        min_heldout_windows=cfg.min_heldout_windows,
+        max_heldout_chars=cfg.max_heldout_chars,
+        seq_stats=seq_stats,
+        unit=unit,
     )
     read_seconds = time.perf_counter() - start
     kept_chars = sum(map(len, sentences))
     heldout_chars = sum(map(len, heldout))
     if kind == "protein":
-        _check_protein_alphabet(paths, letters, cfg.strict_alphabet)
-    alphabet: set[str] = set()
-    for text in sentences:
-        alphabet.update(text)
-    if vocab_size < len(alphabet) + 1:
-        raise StageError(
-            f"{kind}_vocab_size {vocab_size} is smaller than the {kind} alphabet seen "
-            f"({''.join(sorted(alphabet))}: {len(alphabet)} letters) plus <unk>: "
-            f"use at least {len(alphabet) + 1}"
-        )
-    largest = largest_sensible_vocab_size(kept_chars, len(alphabet))
-    if vocab_size > largest:
-        raise StageError(
-            f"train_bpe.{kind}_vocab_size: {vocab_size} is more than {_amount(kept_chars, kind)} "
-            f"of {_KIND_WORD[kind]} can support; the largest sensible size is {largest:,} "
-            f"(<unk> + {len(alphabet)} letters + one merged piece per {MIN_PAIR_COUNT} of the "
-            f"{kept_chars:,} training {_UNIT_WORD[kind]}, so that each merge joins a pair seen "
-            f"at least {MIN_PAIR_COUNT} times): lower it, or give more input"
-        )
+        check_protein_alphabet(paths, letters, cfg.strict_alphabet)
+    check_vocab_size(kind, vocab_size, sentences)
     log.info(
         "train_bpe: %s: %d sentences, %.1f M%s -> %d pieces",
         kind, len(sentences), kept_chars / 1e6, unit, vocab_size,
@@ -317,158 +320,6 @@ def _train_one(
     ), timings
 
 
-def _sample_windows(
-    kind: SequenceKind,
-    paths: list[Path],
-    sentence_length: int,
-    cfg: TrainBpeConfig,
-    seq_stats: SequenceStats,
-    unit: str,
-) -> tuple[list[str], list[str], int, dict[str, tuple[int, int]]]:
-    """Stream the windows once: ``(training sentences in input order, held out, chars read,
-    per protein file: (residues in A/C/G/T/N/U, residues))``."""
-    from tqdm import tqdm
-
-    letters: dict[str, tuple[int, int]] = {}
-    rng = random.Random(f"{cfg.seed}:{kind}")
-    # max-heap (by negated draw) of the kept training windows: (-draw, order, text)
-    kept: list[tuple[float, int, str]] = []
-    heldout: list[str] = []
-    kept_chars = heldout_chars = chars_read = 0
-    with tqdm(desc=f"train_bpe: reading {kind}", unit=unit, unit_scale=True, disable=None) as bar:
-        try:
-            windows = iter_windows(
-                paths, cfg.policy(kind), sentence_length, cfg.min_sentence_length, seq_stats
-            )
-            for order, window in enumerate(windows):
-                text = window.text
-                chars_read += len(text)
-                bar.update(len(text))
-                if kind == "protein":
-                    dna_like, total = letters.get(window.path, (0, 0))
-                    dna_like += sum(map(text.count, DNA_LIKE_LETTERS))
-                    letters[window.path] = (dna_like, total + len(text))
-                draw = rng.random()
-                if draw < cfg.heldout_fraction:
-                    if heldout_chars + len(text) <= cfg.max_heldout_chars:
-                        heldout.append(text)
-                        heldout_chars += len(text)
-                    continue
-                heapq.heappush(kept, (-draw, order, text))
-                kept_chars += len(text)
-                while kept_chars > cfg.max_train_chars and len(kept) > 1:
-                    kept_chars -= len(heapq.heappop(kept)[2])
-        except SequenceFormatError as err:
-            raise StageError(str(err)) from None
-    # Small inputs: top the held-out set up with the windows last in line for training.
-    if cfg.heldout_fraction > 0:
-        movable = min(cfg.min_heldout_windows - len(heldout), len(kept) // 10)
-        for _ in range(max(movable, 0)):
-            text = kept[0][2]
-            if heldout_chars + len(text) > cfg.max_heldout_chars:
-                break
-            heapq.heappop(kept)
-            heldout.append(text)
-            heldout_chars += len(text)
-    if not kept:
-        raise StageError(f"no {kind} sequence to train on in {', '.join(map(str, paths))}")
-    sentences = [text for _, _, text in sorted(kept, key=lambda item: item[1])]
-    return sentences, heldout, chars_read, letters
-
-
-def largest_sensible_vocab_size(train_chars: int, letters: int) -> int:
-    """``1 (<unk>) + letters + train_chars // MIN_PAIR_COUNT``: a merge of a pair seen ``f``
-    times shortens the training text by ``f`` symbols, so ``n`` characters allow at most
-    ``n / k`` merges of pairs seen at least ``k`` times."""
-    return 1 + letters + train_chars // MIN_PAIR_COUNT
-
-
-_KIND_WORD: dict[SequenceKind, str] = {"dna": "DNA", "protein": "protein"}
-_UNIT_WORD: dict[SequenceKind, str] = {"dna": "bases", "protein": "residues"}
-
-
-def _amount(chars: int, kind: SequenceKind) -> str:
-    """``0.30 Mbp`` / ``2,800 bp`` (DNA), ``0.62 M residues`` / ``4,466 residues`` (protein)."""
-    if chars >= 100_000:
-        return f"{chars / 1e6:.2f} Mbp" if kind == "dna" else f"{chars / 1e6:.2f} M residues"
-    return f"{chars:,} bp" if kind == "dna" else f"{chars:,} residues"
-
-
-def _vocab_size_problem_from_files(
-    kind: SequenceKind, paths: list[Path], vocab_size: int, cfg: TrainBpeConfig
-) -> str | None:
-    """The size check from the files' sizes, reading no more than the check needs.
-
-    A file's bytes (decompressed) bound its residues from above; only when they are too few are
-    the (then small) files parsed, for their residues or a format error, which comes first. The
-    alphabet is taken whole, so this never refuses a size that the run's exact check accepts."""
-    if not paths:
-        return None
-    letters = len(LETTERS[kind])
-    need = (vocab_size - 1 - letters) * MIN_PAIR_COUNT  # training characters it needs
-    if need <= 0:
-        return None
-    key = f"{kind}_vocab_size: {vocab_size}"
-    if cfg.max_train_chars < need:
-        largest = largest_sensible_vocab_size(cfg.max_train_chars, letters)
-        return (
-            f"{key} is more than max_train_chars ({cfg.max_train_chars:,}) can support; the "
-            f"largest sensible size is at most {largest:,} (<unk> + {letters} letters + one "
-            f"merged piece per {MIN_PAIR_COUNT} training characters): lower it, or raise "
-            f"max_train_chars"
-        )
-    total = 0
-    for path in paths:
-        try:
-            total += decompressed_size_upto(path, need - total)
-        except (OSError, EOFError, ValueError):
-            return None  # unreadable: the format check says why
-        if total >= need:
-            return None
-    stats = SequenceStats()
-    for i, path in enumerate(paths):
-        try:
-            for _ in iter_fragments(path, cfg.policy(kind), stats):
-                pass
-        except SequenceFormatError as err:
-            return f"{kind}_inputs[{i}]: {err}"
-        except OSError:
-            return None
-    largest = largest_sensible_vocab_size(min(stats.residues, cfg.max_train_chars), letters)
-    return (
-        f"{key} is more than {_amount(stats.residues, kind)} of {_KIND_WORD[kind]} can "
-        f"support; the largest sensible size is at most {largest:,} (<unk> + {letters} letters "
-        f"+ one merged piece per {MIN_PAIR_COUNT} training {_UNIT_WORD[kind]}, so that each "
-        f"merge joins a pair seen at least {MIN_PAIR_COUNT} times): lower it, or give more input"
-    )
-
-
-def _check_protein_alphabet(
-    paths: list[Path], letters: dict[str, tuple[int, int]], strict: bool
-) -> None:
-    """Warn about (or, if strict, refuse) protein inputs whose residues look like DNA."""
-    for i, path in enumerate(paths):
-        dna_like, total = letters.get(str(path), (0, 0))
-        if total and dna_like >= DNA_LIKE_FRACTION * total:
-            message = _dna_like_message(path, dna_like, total, strict)
-            if strict:
-                raise StageError(f"train_bpe.protein_inputs[{i}]: {message}")
-            log.warning("train_bpe: protein_inputs[%d]: %s", i, message)
-
-
-def _dna_like_message(path: Path, dna_like: int, total: int, strict: bool) -> str:
-    action = (
-        "set strict_alphabet: false to train on it anyway"
-        if strict
-        else "strict_alphabet: true makes this an error"
-    )
-    return (
-        f"{path}: {dna_like / total:.1%} of its {total:,} residues read are A/C/G/T/N/U (at "
-        f"least {DNA_LIKE_FRACTION:.0%} looks like DNA): if it holds DNA, list it under "
-        f"dna_inputs ({action})"
-    )
-
-
 @contextlib.contextmanager
 def _elapsed(desc: str) -> Iterator[None]:
     """Show elapsed time during a long call (SentencePiece releases the GIL, reports nothing)."""
@@ -496,31 +347,3 @@ def _write_vocab(model: bytes, path: Path) -> int:
     proto = parse_model(model)
     write_text_atomic(path, "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces))
     return len(proto.pieces)
-
-
-def _inspect_start(
-    path: Path, policy: SequencePolicy, peek: bool
-) -> tuple[str | None, tuple[int, int] | None]:
-    """Judge ``path`` from its first sequence line: ``(what is wrong, or None; None, or for
-    protein that looks like DNA: (residues in A/C/G/T/N/U, residues))``. With ``peek``, a
-    protein file's alphabet is judged from its first ALPHABET_PEEK_RESIDUES residues."""
-    if not path.is_file():
-        return (f"{path} does not exist" if not path.exists() else f"{path} is not a file"), None
-    dna_like = total = 0
-    try:
-        fragments = iter_fragments(path, policy)
-        if policy.kind == "dna" or not peek:
-            next(fragments, None)
-            return None, None
-        for fragment in itertools.islice(fragments, ALPHABET_PEEK_RESIDUES):
-            dna_like += sum(map(fragment.text.count, DNA_LIKE_LETTERS))
-            total += len(fragment.text)
-            if total >= ALPHABET_PEEK_RESIDUES:
-                break
-    except SequenceFormatError as err:
-        return str(err), None
-    except OSError as err:
-        return f"{path}: {err}", None
-    if total and dna_like >= DNA_LIKE_FRACTION * total:
-        return None, (dna_like, total)
-    return None, None
