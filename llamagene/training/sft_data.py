@@ -31,7 +31,6 @@ from llamagene.prompt_format import IGNORE, FormatError, PromptFormat, messages_
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 Overflow = Literal["error", "drop"]
 #: Rows encoded per tokenizer batch.
@@ -174,11 +173,6 @@ class SftRows:
     def __len__(self) -> int:
         return len(self._open()[2]) - 1
 
-    def lengths(self) -> list[int]:
-        import numpy as np
-
-        return np.diff(self._open()[2]).tolist()  # type: ignore[no-any-return]
-
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         ids, trained, offsets = self._open()
         if not 0 <= index < len(offsets) - 1:
@@ -191,10 +185,3 @@ class SftRows:
 
 def open_sft(data_dir: Path, split: str) -> SftRows:
     return SftRows(data_dir, split)
-
-
-def as_tensors(row: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
-    """One row as a batch of one (for checks and tests)."""
-    import torch
-
-    return {k: torch.tensor([v]) for k, v in row.items()}
