@@ -198,19 +198,23 @@ def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
     assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
 
 
-def test_demo_pipeline_pretrains(tmp_path: Path) -> None:
-    """README's main job, cut to 2 optimizer steps: the demo recipe and model config work."""
+def test_demo_pipeline_pretrains_and_finetunes(tmp_path: Path) -> None:
+    """README's main job, each training stage cut to 2 optimizer steps: the demo recipes and
+    model config work end to end."""
     from llamagene.cli import DEMO_PIPELINE
 
     result = run_cli(
         "run", str(DEMO_PIPELINE), f"run_dir={tmp_path / 'demo'}",
         "pretrain.training.max_steps=2", "pretrain.training.eval_every_steps=2",
+        "finetune.training.max_steps=2", "finetune.training.eval_every_steps=2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "pretrain" / "report.json").read_text())
     assert report["steps"] == 2 and report["export"]["generated_tokens"] == 8
     stats = json.loads((tmp_path / "demo" / "pretrain" / "corpus_stats.json").read_text())
     assert stats["packing_efficiency"] >= 0.99
+    tuned = json.loads((tmp_path / "demo" / "finetune" / "report.json").read_text())
+    assert tuned["steps"] == 2 and tuned["export"]["chat_template_rows"] == 32
 
 
 def test_local_hf_base_model_folder(tmp_path: Path) -> None:
