@@ -50,13 +50,11 @@ def open_data(spec: TrainSpec) -> TrainingData:
     from llamagene.training.collate import PackedCollator, PaddedCollator
     from llamagene.training.sft_data import open_sft
 
-    data_dir = Path(spec.data_dir)
+    train, dev = open_sft(Path(spec.data_dir), "train"), open_sft(Path(spec.data_dir), "dev")
     if spec.batching == "packed":
-        return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
-                            PackedCollator(), False)  # fmt: skip
+        return TrainingData(train, dev, PackedCollator(), False)
     eos = PromptFormat.from_dir(Path(spec.model.tokenizer_dir)).eos_id
-    return TrainingData(open_sft(data_dir, "train"), open_sft(data_dir, "dev"),
-                        PaddedCollator(eos), True)  # fmt: skip
+    return TrainingData(train, dev, PaddedCollator(eos), True)
 
 
 def embedding_parameter(name: str) -> bool:
