@@ -87,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
         "'torchrun --standalone --nproc_per_node 2' (default: $LLAMAGENE_LAUNCHER, else train "
         "in this process); pipelines/cluster/launch.sh sets it for SLURM and DeepSpeed",
     )
+    evaluate = add(
+        "evaluate", "run the evaluate stage (its upstream stages must have run), or export its rows"
+    )
+    evaluate.add_argument(
+        "--export-lm-eval",
+        type=Path,
+        metavar="DIR",
+        help="instead, write the split evaluate scores as lm-evaluation-harness tasks into DIR "
+        "(build_sft and merge_vocab must have run), to cross-check the scores with lm-eval",
+    )
+    evaluate.add_argument(
+        "--force", action="store_true", help="re-run evaluate even if it is up to date"
+    )
     add("status", "list each stage as up to date, stale or failed, with the reasons")
     add("validate", "check every config value and input path without running anything")
     templates = sub.add_parser(
@@ -173,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             launcher = shlex.split(args.launcher) if args.launcher else None
             return _run(pipeline, args.only, args.force, launcher)
+        if args.command == "evaluate":
+            if args.export_lm_eval is not None:
+                return _export_lm_eval(pipeline, args.export_lm_eval)
+            return _run(pipeline, ["evaluate"], args.force, None)
         if args.command == "status":
             return _status(pipeline)
         return _validate(pipeline)
@@ -346,6 +363,26 @@ def _run(pipeline: Pipeline, only: Sequence[str], force: bool, launcher: list[st
         print(f"everything is up to date in {pipeline.run_dir}: nothing to do")
     else:
         print(f"ran {', '.join(ran)}; outputs in {pipeline.run_dir}")
+    return 0
+
+
+def _export_lm_eval(pipeline: Pipeline, out_dir: Path) -> int:
+    """The split ``evaluate`` scores, as lm-evaluation-harness tasks (for a cross-check)."""
+    from llamagene.errors import StageError
+    from llamagene.evaluation.lm_eval_export import export_lm_eval
+    from llamagene.evaluation.rows import load_tasks_json
+
+    configs = {stage.name: cfg for stage, cfg in pipeline.stages()}
+    split = getattr(configs.get("evaluate"), "split", "test")
+    sft_dir = pipeline.run_dir / "build_sft"
+    tokenizer_dir = pipeline.run_dir / "merge_vocab" / "tokenizer"
+    for needed in (sft_dir / f"{split}.jsonl", tokenizer_dir / "tokenizer.json"):
+        if not needed.is_file():
+            raise StageError(f"{needed}: missing: run build_sft and merge_vocab first")
+    cards = load_tasks_json(sft_dir / "tasks.json")
+    types = {task_id: task.info.task_type for task_id, task in cards.items()}
+    names = export_lm_eval(sft_dir / f"{split}.jsonl", types, tokenizer_dir, out_dir)
+    print(f"wrote {len(names)} lm-evaluation-harness tasks to {out_dir} (see its README.md)")
     return 0
 
 

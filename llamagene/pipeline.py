@@ -51,6 +51,7 @@ from llamagene.rundir import (
 )
 from llamagene.stages import PLANNED_STAGES, Stage, all_stages
 from llamagene.stages.build_sft import BuildSftConfig
+from llamagene.stages.evaluate import EvaluateConfig
 from llamagene.stages.finetune import FinetuneConfig
 from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.pretrain import PretrainConfig
@@ -82,6 +83,7 @@ class StagesConfig(StrictModel):
     pretrain: PretrainConfig | None = None
     build_sft: BuildSftConfig | None = None
     finetune: FinetuneConfig | None = None
+    evaluate: EvaluateConfig | None = None
 
 
 class PipelineConfig(StrictModel):

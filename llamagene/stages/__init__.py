@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: Stages that are designed but not built yet; naming one in a pipeline is a clear error.
-PLANNED_STAGES: tuple[str, ...] = ("evaluate",)
+PLANNED_STAGES: tuple[str, ...] = ()
 #: Per-stage folders that survive a failed run (checkpoints); removed when the stage succeeds.
 WORK_DIR = ".work"
 
@@ -81,12 +81,13 @@ class Stage(Protocol):
 def all_stages() -> tuple[Stage, ...]:
     """The built stages in running order."""
     from llamagene.stages.build_sft import STAGE as BUILD_SFT
+    from llamagene.stages.evaluate import STAGE as EVALUATE
     from llamagene.stages.finetune import STAGE as FINETUNE
     from llamagene.stages.merge_vocab import STAGE as MERGE_VOCAB
     from llamagene.stages.pretrain import STAGE as PRETRAIN
     from llamagene.stages.train_bpe import STAGE as TRAIN_BPE
 
-    return (TRAIN_BPE, MERGE_VOCAB, PRETRAIN, BUILD_SFT, FINETUNE)
+    return (TRAIN_BPE, MERGE_VOCAB, PRETRAIN, BUILD_SFT, FINETUNE, EVALUATE)
 
 
 def stage_names() -> tuple[str, ...]:

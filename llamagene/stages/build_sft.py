@@ -12,6 +12,8 @@ Writes  ``<run_dir>/build_sft/``:
               ``tokens`` and ``trimmed`` (per trimmed field: original length and span kept)
           ``summary.json``, ``summary.md``   rows per task, split and template; rows trimmed,
               dropped as too long, and dropped as leaks of a test sequence, by kind
+          ``tasks.json``   each task's type, classes, sequence fields and headline metric, and
+              the templates its rows were rendered with (what ``evaluate`` reads)
 Run     ``llamagene run PIPELINE.yaml --only build_sft``
 
 Test rows are written as the benchmark has them: never dropped for leaks, and never trimmed
@@ -166,6 +168,7 @@ class BuildSft:
             _concatenate(shards[name], ctx.out_dir / f"{name}.jsonl")
         shutil.rmtree(shard_dir)
         report = summary(counts, english, recipe)
+        write_text_atomic(ctx.out_dir / "tasks.json", _tasks_json(jobs))
         write_text_atomic(ctx.out_dir / "summary.json", json.dumps(report, indent=2) + "\n")
         text = markdown(report)
         write_text_atomic(ctx.out_dir / "summary.md", text)
@@ -173,6 +176,19 @@ class BuildSft:
         ctx.report.update({f"{name}_rows": n for name, n in written.items()})
         totals = report["totals"]
         ctx.report.update({k: totals[k] for k in ("trimmed", "dropped_too_long", "dropped_leaks")})
+
+
+def _tasks_json(jobs: Sequence[_Job]) -> str:
+    """Each task's info and the templates it was rendered with, for ``evaluate``."""
+    tasks: dict[str, dict[str, object]] = {}
+    for job in jobs:
+        info = job.task.info
+        templates = {
+            t.id: {"version": t.version, "task_type": t.task_type, "choices": t.answer_choices}
+            for t in job.templates
+        }
+        tasks[info.id] = info.to_json() | {"templates": templates}
+    return json.dumps(tasks, indent=2, ensure_ascii=False) + "\n"
 
 
 def _cpu_count() -> int:

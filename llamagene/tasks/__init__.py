@@ -96,6 +96,26 @@ class TaskInfo:
     def class_labels(self) -> tuple[str, ...]:
         return tuple(c.label for c in self.classes)
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``evaluate`` needs to know of the task (``build_sft`` writes it to tasks.json)."""
+        return {
+            "id": self.id, "task_type": self.task_type, "description": self.description,
+            "fields": list(self.fields), "sequence_fields": dict(self.sequence_fields),
+            "metric": self.metric, "classes": [[c.label, c.meaning] for c in self.classes],
+            "label_field": self.label_field, "answer_field": self.answer_field,
+            "strand_symmetric": self.strand_symmetric, "extra": dict(self.extra),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskInfo:
+        return cls(
+            id=data["id"], task_type=data["task_type"], description=data["description"],
+            fields=tuple(data["fields"]), sequence_fields=dict(data["sequence_fields"]),
+            metric=data["metric"], classes=tuple(ClassInfo(a, b) for a, b in data["classes"]),
+            label_field=data["label_field"], answer_field=data["answer_field"],
+            strand_symmetric=data["strand_symmetric"], extra=dict(data["extra"]),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Example:

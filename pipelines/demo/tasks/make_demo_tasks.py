@@ -10,6 +10,14 @@ sequences (CDS) of GenBank CP040672.1, each with its product name. Three tasks, 
   frame, i.e. (window start - CDS start) mod 3. Codon usage makes this learnable.
 - ``translate`` (generation, sequence answer): 60 bp in frame 0 -> the 20 residues they encode.
 - ``protein_name`` (generation): the CDS's protein -> its product name.
+
+A fourth task is made of peptides that modlAMP ships (``modlamp/data/AMPvsUniProt.csv``, BSD-3-
+Clause licence; ``pip install modlamp`` to rewrite it): antimicrobial peptides against peptides
+cut from random UniProt proteins, the kind of composition signal a small model can learn.
+
+- ``amp`` (binary): a peptide of at most 60 residues -> antimicrobial or not. Duplicate peptides
+  are kept once (those listed with both labels are dropped); the split is by a hash of the
+  peptide, and 1,400 / 200 / 400 rows are drawn (seeded) for train / dev / test.
 """
 
 from __future__ import annotations
@@ -71,6 +79,39 @@ def write(task: str, header: list[str], rows: dict[str, list[list[str]]]) -> Non
         print(f"{task}/{split}.csv: {len(lines)} rows")
 
 
+AMP_SOURCE = "modlamp/data/AMPvsUniProt.csv"
+AMP_ROWS = {"train": 1400, "dev": 200, "test": 400}
+AMP_MAX_RESIDUES = 60
+
+
+def amp_rows() -> dict[str, list[list[str]]]:
+    """The antimicrobial-peptide task's rows (see the module doc)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("modlamp")
+    if spec is None or spec.origin is None:
+        raise SystemExit("the amp task is read from modlamp's data: pip install modlamp")
+    path = Path(spec.origin).parent / "data" / "AMPvsUniProt.csv"
+    labels: dict[str, set[str]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)  # "5200,1,UniProt,AMP": rows, columns, class 0 name, class 1 name
+        for peptide, label in reader:
+            peptide = peptide.strip().upper()
+            if 5 <= len(peptide) <= AMP_MAX_RESIDUES and re.fullmatch(
+                r"[ACDEFGHIKLMNPQRSTVWY]+", peptide
+            ):
+                labels.setdefault(peptide, set()).add(label.strip())
+    pool: dict[str, list[list[str]]] = {"train": [], "dev": [], "test": []}
+    for peptide in sorted(labels):
+        if len(labels[peptide]) == 1:
+            bucket = int(hashlib.sha256(peptide.encode()).hexdigest(), 16) % 10
+            split = "test" if bucket < 2 else "dev" if bucket == 2 else "train"
+            pool[split].append([peptide, labels[peptide].pop()])
+    rng = random.Random(11)
+    return {split: rng.sample(rows, AMP_ROWS[split]) for split, rows in pool.items()}
+
+
 def main() -> None:
     rng = random.Random(7)
     frames: dict[str, list[list[str]]] = {"train": [], "dev": [], "test": []}
@@ -91,6 +132,8 @@ def main() -> None:
     write("coding_frame", ["sequence", "label"], frames)
     write("translate", ["dna", "protein"], codes)
     write("protein_name", ["sequence", "name"], names)
+    (HERE / "amp").mkdir(exist_ok=True)
+    write("amp", ["peptide", "label"], amp_rows())
 
 
 if __name__ == "__main__":
