@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from finetune_setup import REPO, reference_run
+from finetune_setup import REPO, setup_pipeline
 from pretrain_setup import run_cli
 
 from llamagene.errors import StageError
@@ -79,20 +79,17 @@ def test_batched_greedy_answers_equal_one_row_generation(merged_tokenizer_dir: P
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """finetune's reference run, copied, with an evaluate stage scoring the tuned model and the
-    untuned base on the test split."""
-    source = reference_run(tmp_path_factory).parent
+    """finetune's tiny pipeline with an evaluate stage scoring the tuned model and the untuned
+    base on the test split, run once from nothing."""
     root = tmp_path_factory.mktemp("evaluate")
-    shutil.copytree(source, root, dirs_exist_ok=True)
-    pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["finetune"]["base_model"] = str(root / "base")
-    pipeline["stages"]["build_sft"]["recipe"] = str(root / "recipe.yaml")
+    pipeline_path = setup_pipeline(root)
+    pipeline = yaml.safe_load(pipeline_path.read_text())
     pipeline["stages"]["evaluate"] = {
         "models": ["finetune", "base"], "base_model": str(root / "base"),
         "english_text": str(HELDOUT), "resamples": 200,
     }  # fmt: skip
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate")
+    pipeline_path.write_text(yaml.safe_dump(pipeline))
+    result = run_cli("run", str(pipeline_path))
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -100,7 +97,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_writes_report_metrics_predictions_and_charts(evaluated: Path) -> None:
     out = evaluated / "run" / "evaluate"
     assert {p.name for p in out.iterdir()} == {
-        "report.md", "metrics.json", "predictions.jsonl", "charts"
+        "report.md", "metrics.json", "predictions.jsonl", "charts", "config.json"
     }  # fmt: skip
     assert {p.name for p in (out / "charts").iterdir()} == {"scores.png", "loss.png"}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -175,7 +172,6 @@ def test_an_empty_test_split_stops_the_stage(evaluated: Path, tmp_path: Path) ->
     shutil.copytree(evaluated, root)
     (root / "run" / "build_sft" / "test.jsonl").write_text("")
     pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["finetune"]["base_model"] = str(root / "base")
     pipeline["stages"]["evaluate"] = {"models": ["finetune"], "resamples": 0}
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate", "--force")
@@ -192,10 +188,21 @@ def test_a_model_whose_vocabulary_does_not_match_is_refused(
     root = tmp_path / "copy"
     shutil.copytree(evaluated, root)
     pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["finetune"]["base_model"] = str(root / "base")
     pipeline["stages"]["evaluate"] = {"models": ["base"], "base_model": str(root / "other")}
     save_base(root / "other", vocab_size=1000)
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "do not belong together" in result.stderr.strip().splitlines()[-1]
+
+
+def test_export_lm_eval_from_the_command_line(evaluated: Path, tmp_path: Path) -> None:
+    """``llamagene evaluate --export-lm-eval DIR``: the test split as lm-eval tasks (their
+    contents are checked in tests/unit/test_lm_eval_export.py)."""
+    out = tmp_path / "lm_eval"
+    result = run_cli("evaluate", str(evaluated / "pipeline.yaml"), "--export-lm-eval", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "lm-evaluation-harness tasks" in result.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"README.md", "llamagene_tasks.py", "llamagene.yaml"} <= names
+    assert any(n.startswith("llamagene_table_promoter") for n in names)

@@ -198,7 +198,7 @@ def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
     assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
 
 
-def test_demo_pipeline_pretrains_and_finetunes(tmp_path: Path) -> None:
+def test_demo_pipeline_pretrains_finetunes_and_evaluates(tmp_path: Path) -> None:
     """README's main job, each training stage cut to 2 optimizer steps: the demo recipes and
     model config work end to end."""
     from llamagene.cli import DEMO_PIPELINE
@@ -207,6 +207,7 @@ def test_demo_pipeline_pretrains_and_finetunes(tmp_path: Path) -> None:
         "run", str(DEMO_PIPELINE), f"run_dir={tmp_path / 'demo'}",
         "pretrain.training.max_steps=2", "pretrain.training.eval_every_steps=2",
         "finetune.training.max_steps=2", "finetune.training.eval_every_steps=2",
+        "evaluate.resamples=100",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "pretrain" / "report.json").read_text())
@@ -215,6 +216,14 @@ def test_demo_pipeline_pretrains_and_finetunes(tmp_path: Path) -> None:
     assert stats["packing_efficiency"] >= 0.99
     tuned = json.loads((tmp_path / "demo" / "finetune" / "report.json").read_text())
     assert tuned["steps"] == 2 and tuned["export"]["chat_template_rows"] == 32
+    metrics = json.loads((tmp_path / "demo" / "evaluate" / "metrics.json").read_text())
+    assert metrics["models"] == ["tuned", "pretrained", "base"]
+    assert set(metrics["tasks"]) == {
+        "demo/coding_frame", "demo/translate", "demo/protein_name", "demo/amp"
+    }  # fmt: skip
+    assert metrics["tasks"]["demo/amp"]["rows"] == 400
+    assert set(metrics["english"]["perplexity"]) == {"tuned", "pretrained", "base"}
+    assert (tmp_path / "demo" / "evaluate" / "charts" / "loss.png").is_file()
 
 
 def test_local_hf_base_model_folder(tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ def test_unknown_key_names_the_keys_where_it_stands() -> None:
     assert "strict_alphabet, trainer)" in problem and "validate" not in problem
     (problem,) = _problems(PipelineConfig, {"run_dir": "r", "stages": {"trian_bpe": {}}})
     assert (
-        "did you mean train_bpe? (keys here: build_sft, finetune, merge_vocab, pretrain, train_bpe)"
+        "did you mean train_bpe? (keys here: build_sft, evaluate, finetune, merge_vocab, "
+        "pretrain, train_bpe)"
         in (problem)
     )
     # nested: X | None, list[Model], dict[str, Model], a union of a model and a scalar

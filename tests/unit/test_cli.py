@@ -33,7 +33,7 @@ def test_python_dash_m(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "valid (train_bpe, merge_vocab, pretrain, build_sft, finetune)" in out.stdout
+    assert "valid (train_bpe, merge_vocab, pretrain, build_sft, finetune, evaluate)" in out.stdout
 
 
 def test_validate_reports_every_input_problem(

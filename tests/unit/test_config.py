@@ -88,12 +88,15 @@ def test_duplicate_keys_and_yaml_syntax(tmp_path: Path) -> None:
         load_pipeline(tmp_path / "nope.yaml")
 
 
-def test_needs_some_input_and_planned_stages(tmp_path: Path) -> None:
+def test_needs_some_input_and_planned_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = _write(tmp_path, "run_dir: r\nstages:\n  train_bpe: {}\n")
     with pytest.raises(ConfigError, match="give dna_inputs, protein_inputs or both"):
         load_pipeline(empty)
-    planned = _write(tmp_path, "run_dir: r\nstages:\n  evaluate: {}\n")
-    with pytest.raises(NotImplementedStageError, match="evaluate is not implemented yet"):
+    monkeypatch.setattr("llamagene.pipeline.PLANNED_STAGES", ("serve",))
+    planned = _write(tmp_path, "run_dir: r\nstages:\n  serve: {}\n")
+    with pytest.raises(NotImplementedStageError, match="serve is not implemented yet"):
         load_pipeline(planned)
 
 

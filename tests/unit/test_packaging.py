@@ -322,7 +322,7 @@ def test_installed_demo_validates_with_installed_templates(installed: Installed)
     templates = installed.purelib / "llamagene" / "_shipped" / "prompt_templates"
     done = installed.run("-m", "llamagene", "validate", f"build_sft.templates_dir={templates}")
     assert done.returncode == 0, done.stderr
-    assert "valid (train_bpe, merge_vocab, pretrain, build_sft, finetune)" in done.stdout
+    assert "valid (train_bpe, merge_vocab, pretrain, build_sft, finetune, evaluate)" in done.stdout
 
 
 @pytest.mark.slow
