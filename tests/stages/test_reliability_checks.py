@@ -72,8 +72,7 @@ def test_unknown_key_names_the_keys_where_it_stands() -> None:
     (problem,) = _problems(PipelineConfig, {"run_dir": "r", "stages": {"trian_bpe": {}}})
     assert (
         "did you mean train_bpe? (keys here: build_sft, evaluate, finetune, merge_vocab, "
-        "pretrain, train_bpe)"
-        in (problem)
+        "pretrain, train_bpe)" in (problem)
     )
     # nested: X | None, list[Model], dict[str, Model], a union of a model and a scalar
     data: dict[str, Any] = {
