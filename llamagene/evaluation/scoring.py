@@ -118,8 +118,10 @@ def _score_batch(
 
     ids, mask = _left_padded([r.prompt for r in rows], pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # the cache is kept only for choices of several tokens (a binary task's rarely need it)
+    longer_choices = any(len(choice) > 1 for row in rows for choice in row.choices)
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=longer_choices,
         logits_to_keep=1,
     )  # fmt: skip
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (rows, vocab)

@@ -83,6 +83,9 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base on the test split, run once from nothing."""
     root = tmp_path_factory.mktemp("evaluate")
     pipeline_path = setup_pipeline(root)
+    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe["tasks"] += [{"data": {"source": "table", "spec": str(spec)}} for spec in _tables(root)]
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     pipeline = yaml.safe_load(pipeline_path.read_text())
     pipeline["stages"]["evaluate"] = {
         "models": ["finetune", "base"], "base_model": str(root / "base"),
@@ -92,6 +95,42 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli("run", str(pipeline_path))
     assert result.returncode == 0, result.stderr[-3000:]
     return root
+
+
+def _tables(root: Path) -> list[Path]:
+    """Small seeded tasks of the other types (regression, multilabel, token labelling, free
+    text), each with train, dev and test files, through the generic templates."""
+    rng = random.Random(11)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    specs = []
+    kinds: dict[str, dict[str, Any]] = {
+        "stab": {"task_type": "regression", "label": "score"},
+        "go": {"task_type": "multilabel", "label": "terms", "multilabel_separator": "|",
+               "classes": {"GO1": "binding", "GO2": "catalysis", "GO3": "transport"}},
+        "ss": {"task_type": "token", "label": "states",
+               "classes": {"H": "helix", "E": "strand", "C": "coil"}},
+        "desc": {"task_type": "generation", "answer": "text"},
+    }  # fmt: skip
+    for name, spec in kinds.items():
+        files = {}
+        for split, count in (("train", 8), ("dev", 3), ("test", 4)):
+            lines = [f"sequence\t{spec.get('label', 'text')}"]
+            for _ in range(count):
+                protein = "".join(rng.choice(letters) for _ in range(rng.randrange(12, 20)))
+                value = {
+                    "stab": f"{rng.uniform(-2, 2):.2f}",
+                    "go": "|".join(sorted(rng.sample(["GO1", "GO2", "GO3"], rng.randrange(1, 3)))),
+                    "ss": "".join(rng.choice("HEC") for _ in protein),
+                    "desc": rng.choice(["a small protein", "an enzyme", "a membrane protein"]),
+                }[name]
+                lines.append(f"{protein}\t{value}")
+            (root / f"{name}_{split}.tsv").write_text("\n".join(lines) + "\n")
+            files[split] = f"{name}_{split}.tsv"
+        body = {"id": f"table/{name}", "description": f"synthetic {name}", "files": files,
+                "sequences": {"sequence": "protein"}, **spec}  # fmt: skip
+        specs.append(root / f"{name}.yaml")
+        specs[-1].write_text(yaml.safe_dump(body))
+    return specs
 
 
 def test_evaluate_writes_report_metrics_predictions_and_charts(evaluated: Path) -> None:
@@ -113,6 +152,12 @@ def test_evaluate_writes_report_metrics_predictions_and_charts(evaluated: Path) 
     assert {"exact_match", "identity", "edit_distance", "is_translation"} <= set(
         translate["models"]["tuned"]["generation"]
     )
+    views = {t: e["models"]["tuned"]["generation"] for t, e in metrics["tasks"].items()}
+    assert set(views["table/stab"]) == {"spearman", "pearson", "rmse", "r2", "unparseable"}
+    assert set(metrics["tasks"]["table/stab"]["baselines"]) == {"majority", "kmer"}
+    assert {"f1_micro", "f1_macro", "unparseable"} <= set(views["table/go"])
+    assert {"accuracy", "f1_macro", "unparseable"} <= set(views["table/ss"])
+    assert {"exact_match", "chrf", "unparseable"} <= set(views["table/desc"])
     english = metrics["english"]["perplexity"]
     assert set(english) == {"tuned", "base"} and all(v["perplexity"] > 1 for v in english.values())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
