@@ -27,7 +27,8 @@ from llamagene.errors import StageError
 class RowPrediction:
     """What one model did on one row."""
 
-    generated: str
+    generated: str | None
+    """The greedy answer; None for a classification row when the generation view is off."""
     parsed: Any
     """The greedy answer parsed for its kind: a class index, a set of classes, a number, a
     sequence or text; None when it does not parse."""
@@ -60,8 +61,11 @@ def predict(
     tasks: Mapping[str, EvalTask],
     max_new_tokens: Mapping[str, int],
     progress: Callable[[int], None] | None = None,
+    *,
+    generation_view: bool = True,
 ) -> dict[str, list[RowPrediction]]:
-    """Predictions for every row of every task, in row order."""
+    """Predictions for every row of every task, in row order; classification rows are answered
+    greedily too unless ``generation_view`` is off."""
     from llamagene.evaluation.scoring import ChoiceRequest, check_context, score_choices
 
     fmt = runner.format
@@ -69,11 +73,13 @@ def predict(
     choice_rows: list[tuple[str, int]] = []
     prompts: list[list[int]] = []
     caps: list[int] = []
+    generate: list[bool] = []
     for task_id, task in tasks.items():
         for number, row in enumerate(task.rows):
             ids = prompt_ids(fmt, row)
             prompts.append(ids)
             caps.append(max_new_tokens[task_id])
+            generate.append(generation_view or task.kind != "choice")
             if task.kind == "choice":
                 assert row.choices is not None
                 choice_ids = fmt.text_ids(row.choices, row.markup)
@@ -81,8 +87,8 @@ def predict(
                 choice_rows.append((task_id, number))
     check_context(requests, runner.context)
     if runner.context is not None:
-        for ids, cap, where in zip(prompts, caps, _wheres(tasks), strict=True):
-            if len(ids) + cap > runner.context:
+        for ids, cap, where, answered in zip(prompts, caps, _wheres(tasks), generate, strict=True):
+            if answered and len(ids) + cap > runner.context:
                 raise StageError(
                     f"{where}: the prompt ({len(ids)} tokens) and up to {cap} answer tokens do not "
                     f"fit the model's context of {runner.context}: nothing is cut; lower "
@@ -92,12 +98,17 @@ def predict(
         runner.model, requests, pad_id=runner.pad_id, batch_tokens=runner.batch_tokens,
         progress=progress,
     )  # fmt: skip
-    answers = generate_answers(runner, prompts, caps, progress)
+    chosen = [i for i, answered in enumerate(generate) if answered]
+    texts: list[str | None] = [None] * len(prompts)
+    answers = generate_answers(runner, [prompts[i] for i in chosen], [caps[i] for i in chosen],
+                               progress)  # fmt: skip
+    for i, text in zip(chosen, answers, strict=True):
+        texts[i] = text
     out: dict[str, list[RowPrediction]] = {}
-    flat = iter(answers)
+    flat = iter(texts)
     for task_id, task in tasks.items():
         out[task_id] = [
-            RowPrediction(text, parse_answer(task, row, text))
+            RowPrediction(text, None if text is None else parse_answer(task, row, text))
             for row, text in zip(task.rows, flat, strict=False)
         ]
     for (task_id, number), row_scores in zip(choice_rows, scores, strict=True):
@@ -122,6 +133,8 @@ def generate_answers(
     """Greedy answers, decoded (sequence pieces come back as letters)."""
     from llamagene.evaluation.scoring import generate_greedy
 
+    if not prompts:
+        return []
     ids = generate_greedy(
         runner.model, prompts, caps, eos_id=runner.format.eos_id, pad_id=runner.pad_id,
         suppress=runner.suppress, batch_tokens=runner.batch_tokens, progress=progress,

@@ -155,7 +155,13 @@ def write_report(metrics: Mapping[str, Any], path: Path, charts: Sequence[Path])
         f"run on the train split: {', '.join(metrics['baselines']) or 'none'}.",
         "",
         SCORING_RULE + f" {metrics['bootstrap']['resamples']} resamples, seed "
-        f"{metrics['bootstrap']['seed']}.",
+        f"{metrics['bootstrap']['seed']}."
+        + (
+            ""
+            if metrics.get("config", {}).get("generation_view", True)
+            else " The generation view was off for classification rows (`generation_view: "
+            "false`): they are scored by their choices alone."
+        ),
         "",
         "## Headline (value [95% interval])",
         "",

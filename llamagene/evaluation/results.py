@@ -112,9 +112,10 @@ def _model_scores(
         )
         views["choice"] = {"accuracy": choice["accuracy"], "acc_norm": norm["accuracy"],
                            "mcc": choice["mcc"], "f1_macro": choice["f1_macro"]}  # fmt: skip
-        generated = classification_scores(gold, parsed, n, resamples=resamples, seed=seed)
-        views["generation"] = {"exact_match": generated["accuracy"], "mcc": generated["mcc"],
-                               "unparseable": generated["unparseable"]}  # fmt: skip
+        if all(p.generated is not None for p in preds):
+            generated = classification_scores(gold, parsed, n, resamples=resamples, seed=seed)
+            views["generation"] = {"exact_match": generated["accuracy"], "mcc": generated["mcc"],
+                                   "unparseable": generated["unparseable"]}  # fmt: skip
     else:
         views["generation"] = _generation_scores(task, gold, parsed, fallback, resamples, seed)
     return {view: _plain(scores) for view, scores in views.items()}

@@ -72,6 +72,9 @@ class EvaluateConfig(StrictModel):
     a config). Give the folder pretrain started from when it used a local model."""
     english_text: InputPath | None = None
     """A held-out English text (never trained on): its perplexity is reported for each model."""
+    generation_view: bool = True
+    """Also answer classification rows greedily and score the answers (exact match,
+    unparseable share); off, they are scored by their choices alone (faster on big test sets)."""
     baselines: bool = True
     """Fit the majority and k-mer baselines on the train split (dev chooses k)."""
     resamples: int = Field(1000, ge=0, le=1000)
@@ -151,7 +154,7 @@ class Evaluate:
         for name in cfg.models:
             title = MODEL_TITLES[name]
             runner = _load(name, cfg, ctx, fmt, tokenizer_dir)
-            predictions[title] = _predict(runner, tasks, caps, title, rows)
+            predictions[title] = _predict(runner, tasks, caps, title, cfg.generation_view)
             if english_ids is not None:
                 perplexities[title] = _perplexity(runner, english_ids)
             del runner
@@ -332,19 +335,20 @@ def _load_base(
 
 def _predict(
     runner: ModelRunner, tasks: Mapping[str, EvalTask], caps: Mapping[str, int], title: str,
-    rows: int,
+    generation_view: bool,
 ) -> dict[str, list[RowPrediction]]:  # fmt: skip
     from tqdm.auto import tqdm
 
     from llamagene.evaluation.predict import predict
 
     choice_rows = sum(len(t.rows) for t in tasks.values() if t.kind == "choice")
-    with tqdm(total=rows + choice_rows, desc=f"evaluate {title}", unit="row") as bar:
+    answered = sum(len(t.rows) for t in tasks.values() if generation_view or t.kind != "choice")
+    with tqdm(total=answered + choice_rows, desc=f"evaluate {title}", unit="row") as bar:
 
         def advance(done: int) -> None:
             bar.update(done)
 
-        return predict(runner, tasks, caps, progress=advance)
+        return predict(runner, tasks, caps, progress=advance, generation_view=generation_view)
 
 
 def _perplexity(runner: ModelRunner, ids: list[int]) -> dict[str, float]:

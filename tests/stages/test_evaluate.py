@@ -251,3 +251,26 @@ def test_export_lm_eval_from_the_command_line(evaluated: Path, tmp_path: Path) -
     names = {p.name for p in out.iterdir()}
     assert {"README.md", "llamagene_tasks.py", "llamagene.yaml"} <= names
     assert any(n.startswith("llamagene_table_promoter") for n in names)
+
+
+def test_without_the_generation_view_classification_is_scored_by_choices_alone(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(evaluated, root)
+    pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
+    pipeline["stages"]["evaluate"] = {
+        "models": ["finetune"], "resamples": 0, "generation_view": False, "baselines": False,
+    }  # fmt: skip
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = root / "run" / "evaluate"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]["table/promoter"]["models"]["tuned"]) == {"choice"}
+    assert set(metrics["tasks"]["demo/translate"]["models"]["tuned"]) == {"generation"}
+    assert metrics["baselines"] == [] and metrics["tasks"]["table/promoter"]["baselines"] == {}
+    assert "The generation view was off" in (out / "report.md").read_text()
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    promoter = [r for r in rows if r["task"] == "table/promoter"]
+    assert promoter and all(r["generated"] is None and r["scores"] for r in promoter)
