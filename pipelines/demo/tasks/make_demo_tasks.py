@@ -11,9 +11,10 @@ sequences (CDS) of GenBank CP040672.1, each with its product name. Three tasks, 
 - ``translate`` (generation, sequence answer): 60 bp in frame 0 -> the 20 residues they encode.
 - ``protein_name`` (generation): the CDS's protein -> its product name.
 
-A fourth task is made of peptides that modlAMP ships (``modlamp/data/AMPvsUniProt.csv``, BSD-3-
-Clause licence; ``pip install modlamp`` to rewrite it): antimicrobial peptides against peptides
-cut from random UniProt proteins, the kind of composition signal a small model can learn.
+A fourth task is made of peptides that modlAMP ships (``modlamp/data/AMPvsUniProt.csv``,
+BSD-3-Clause licence, its notice kept in ``amp/LICENSE.modlAMP``; ``pip install modlamp`` to
+rewrite it): antimicrobial peptides against peptides cut from random UniProt proteins, the
+kind of composition signal a small model can learn.
 
 - ``amp`` (binary): a peptide of at most 60 residues -> antimicrobial or not. Duplicate peptides
   are kept once (those listed with both labels are dropped); the split is by a hash of the
