@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llamagene.errors import StageError
 from llamagene.evaluation.rows import EvalRow, EvalTask
 from llamagene.prompt_format import FormatError, Message, PromptFormat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-from llamagene.errors import StageError
 
 
 @dataclass

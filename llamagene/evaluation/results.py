@@ -73,7 +73,7 @@ def task_results(
         name: _model_scores(task, gold, preds, regression_fallback, resamples, seed)
         for name, preds in predictions.items()
     }
-    unique = _unique_rows(task)
+    unique = unique_rows(task)
     unique_gold = [task.rows[i].gold for i in unique]
     base: dict[str, Any] = {}
     for result in baselines:
@@ -213,16 +213,12 @@ def _per_template(
     return out
 
 
-def _unique_rows(task: EvalTask) -> list[int]:
-    """The first rendered row of each source row (index, copy)."""
+def unique_rows(task: EvalTask) -> list[int]:
+    """The first rendered row of each source row (index, copy): what baselines predict."""
     seen: dict[tuple[int, str], int] = {}
     for number, row in enumerate(task.rows):
         seen.setdefault((row.index, row.copy), number)
     return list(seen.values())
-
-
-def unique_rows(task: EvalTask) -> list[int]:
-    return _unique_rows(task)
 
 
 def _plain(scores: Mapping[str, Score]) -> dict[str, Any]:

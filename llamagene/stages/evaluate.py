@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from llamagene.config import InputPath, StrictModel, to_plain
-from llamagene.errors import LlamageneError, StageError
+from llamagene.errors import StageError
 from llamagene.manifest import write_text_atomic
 from llamagene.stages import StageContext
 
@@ -121,6 +121,7 @@ class Evaluate:
         return problems
 
     def run(self, cfg: EvaluateConfig, ctx: StageContext) -> None:
+        from llamagene.evaluation.models import english_perplexity
         from llamagene.evaluation.references import load_published
         from llamagene.evaluation.report import write_charts, write_report
         from llamagene.evaluation.results import task_results
@@ -156,7 +157,7 @@ class Evaluate:
             runner = _load(name, cfg, ctx, fmt, tokenizer_dir)
             predictions[title] = _predict(runner, tasks, caps, title, cfg.generation_view)
             if english_ids is not None:
-                perplexities[title] = _perplexity(runner, english_ids)
+                perplexities[title] = english_perplexity(runner, english_ids)
             del runner
             gc.collect()
 
@@ -289,48 +290,13 @@ def _load(
     name: str, cfg: EvaluateConfig, ctx: StageContext, fmt: PromptFormat, tokenizer_dir: Path
 ) -> ModelRunner:
     """A scored model, its vocabulary checked against the merged tokenizer."""
-    from llamagene.evaluation.predict import ModelRunner
-    from llamagene.generation import load_for_generation
-    from llamagene.training.export import padding_rows
+    from llamagene.evaluation.models import load_exported, load_grown_base
 
-    model: Any
-    context: int | None
     if name == "base":
-        model, context = _load_base(cfg, ctx, tokenizer_dir)
-    else:
-        folder = ctx.upstream(name) / "merged"
-        if not (folder / "config.json").is_file():
-            raise StageError(f"{folder}: missing: {name} must export merged/ to be evaluated")
-        try:
-            generator = load_for_generation(folder)
-        except LlamageneError as err:
-            raise StageError(f"{name} model: {err}") from None
-        model, context = generator.model, generator.context_length
-    return ModelRunner(
-        model=model, format=fmt, context=context, pad_id=fmt.eos_id,
-        suppress=tuple(padding_rows(tokenizer_dir)), batch_tokens=cfg.batch_tokens,
-    )  # fmt: skip
-
-
-def _load_base(
-    cfg: EvaluateConfig, ctx: StageContext, tokenizer_dir: Path
-) -> tuple[Any, int | None]:
-    import torch
-
-    from llamagene.training.model import build_base_model, grow_embeddings
-
-    folder = cfg.base_model or ctx.upstream("pretrain") / "base_model"
-    if not (folder / "config.json").is_file():
-        raise StageError(
-            f"{folder}: no untuned base to evaluate (pretrain keeps one only when it builds the "
-            "base from a config): give evaluate.base_model, the folder pretrain started from"
-        )
-    model = build_base_model(folder, None, 0, 0)
-    grow_embeddings(model, tokenizer_dir, "compose")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)  # type: ignore[arg-type]
-    model.eval()  # type: ignore[no-untyped-call]
-    return model, int(getattr(model.config, "max_position_embeddings", 2048))
+        folder = cfg.base_model or ctx.upstream("pretrain") / "base_model"
+        return load_grown_base(folder, fmt, tokenizer_dir, cfg.batch_tokens)
+    folder = ctx.upstream(name) / "merged"
+    return load_exported(folder, name, fmt, tokenizer_dir, cfg.batch_tokens)
 
 
 def _predict(
@@ -349,15 +315,6 @@ def _predict(
             bar.update(done)
 
         return predict(runner, tasks, caps, progress=advance, generation_view=generation_view)
-
-
-def _perplexity(runner: ModelRunner, ids: list[int]) -> dict[str, float]:
-    from llamagene.evaluation.scoring import perplexity
-
-    value, tokens = perplexity(
-        runner.model, ids, bos_id=runner.format.bos_id, context=runner.context or 2048
-    )
-    return {"perplexity": value, "tokens": tokens}
 
 
 def _write_predictions(
