@@ -119,7 +119,12 @@ def _templates_section(metrics: Mapping[str, Any]) -> list[str]:
             "there are no per-template scores; set `eval_templates: all` in the recipe to score "
             "every row through every template and get the median over templates.",
         ]
-    lines = []
+    lines = [
+        "Every test row was scored through every template (`eval_templates: all`). The tables "
+        "above pool all renderings of a row, and their intervals resample rendered rows; here is "
+        "each template's headline alone, and the median over templates.",
+        "",
+    ]
     for task_id, entry in metrics["tasks"].items():
         per = entry.get("per_template") or {}
         models = [m for m in per if m != "median"]
