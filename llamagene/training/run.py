@@ -26,14 +26,24 @@ from llamagene.training.spec import FINAL_DIR, LOGS_DIR, TIMING_FIGURES, TrainSp
 log = logging.getLogger("llamagene")
 #: Config keys that do not change what is trained (kept out of the work key).
 NOT_IN_KEY = ("data_workers", "cache_dir", "export_merged")
+#: Training settings that change when checkpoints are written and figures logged, not the weights
+#: trained (resume is bit-exact): a killed run resumes after they change. ``eval_every_steps``
+#: stays in the key when ``keep_best_checkpoint`` picks the export by dev loss.
+NOT_IN_KEY_TRAINING = ("save_every_steps", "keep_checkpoints", "log_every_steps")
 #: Figures that differ between identical runs; ``logs/`` is volatile too.
 TIMINGS = "timings.json"
 
 
 def work_key(plain_config: dict[str, Any], data_key: str, tokenizer_dir: Path) -> str:
-    """The checkpoint folder's key: the config (but for keys that change nothing trained), the
-    training data's key and the tokenizer."""
+    """The checkpoint folder's key: the config (but for keys that change nothing trained, such as
+    how often checkpoints are saved), the training data's key and the tokenizer."""
     plain = {k: v for k, v in plain_config.items() if k not in NOT_IN_KEY}
+    training = dict(plain.get("training") or {})
+    if training:
+        dropped = NOT_IN_KEY_TRAINING + (
+            () if training.get("keep_best_checkpoint") else ("eval_every_steps",)
+        )
+        plain["training"] = {k: v for k, v in training.items() if k not in dropped}
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode())
     digest.update(data_key.encode())
     digest.update((tokenizer_dir / "tokenizer.json").read_bytes())
