@@ -33,7 +33,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,7 +45,7 @@ from llamagene.manifest import write_text_atomic
 from llamagene.stages import StageContext
 
 if TYPE_CHECKING:
-    from llamagene.evaluation.baselines import BaselineResult
+    from llamagene.evaluation.baselines import BaselineResult, Examples
     from llamagene.evaluation.predict import ModelRunner, RowPrediction
     from llamagene.evaluation.rows import EvalTask
     from llamagene.prompt_format import PromptFormat
@@ -248,7 +248,7 @@ def _baselines(
     return out
 
 
-def _examples(task: EvalTask | None) -> Any:
+def _examples(task: EvalTask | None) -> Examples:
     from llamagene.evaluation.baselines import Examples
     from llamagene.evaluation.results import unique_rows
 
@@ -260,14 +260,14 @@ def _examples(task: EvalTask | None) -> Any:
     return Examples(sequences, [row.gold for row in rows])
 
 
-def _selector(task: EvalTask) -> Any:
+def _selector(task: EvalTask) -> Callable[[Sequence[Any], Sequence[Any]], float]:
     """The headline metric as a plain function of (gold, predictions), higher is better."""
     from llamagene.evaluation.metrics import classification_scores, regression_scores
     from llamagene.evaluation.results import headline_metric
 
     metric = headline_metric(task)
 
-    def select(gold: Any, pred: Any) -> float:
+    def select(gold: Sequence[Any], pred: Sequence[Any]) -> float:
         if task.kind == "regression":
             scores = regression_scores(gold, pred, fallback=0.0, resamples=0)
         else:

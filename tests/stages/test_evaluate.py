@@ -212,13 +212,19 @@ def test_an_unparseable_regression_answer_is_an_error(tmp_path: Path) -> None:
         read_split(split, cards)
 
 
-def test_an_empty_test_split_stops_the_stage(evaluated: Path, tmp_path: Path) -> None:
+def _rerun_with(evaluated: Path, tmp_path: Path, evaluate: dict[str, Any]) -> Path:
+    """A copy of the evaluated run whose evaluate stage gets ``evaluate`` as its config."""
     root = tmp_path / "copy"
     shutil.copytree(evaluated, root)
-    (root / "run" / "build_sft" / "test.jsonl").write_text("")
     pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["evaluate"] = {"models": ["finetune"], "resamples": 0}
+    pipeline["stages"]["evaluate"] = evaluate
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return root
+
+
+def test_an_empty_test_split_stops_the_stage(evaluated: Path, tmp_path: Path) -> None:
+    root = _rerun_with(evaluated, tmp_path, {"models": ["finetune"], "resamples": 0})
+    (root / "run" / "build_sft" / "test.jsonl").write_text("")
     result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate", "--force")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].endswith("has no benchmark rows to score")
@@ -230,12 +236,9 @@ def test_a_model_whose_vocabulary_does_not_match_is_refused(
 ) -> None:
     from finetune_setup import save_base
 
-    root = tmp_path / "copy"
-    shutil.copytree(evaluated, root)
-    pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["evaluate"] = {"models": ["base"], "base_model": str(root / "other")}
-    save_base(root / "other", vocab_size=1000)
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    other = tmp_path / "other"
+    save_base(other, vocab_size=1000)
+    root = _rerun_with(evaluated, tmp_path, {"models": ["base"], "base_model": str(other)})
     result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "do not belong together" in result.stderr.strip().splitlines()[-1]
@@ -256,13 +259,8 @@ def test_export_lm_eval_from_the_command_line(evaluated: Path, tmp_path: Path) -
 def test_without_the_generation_view_classification_is_scored_by_choices_alone(
     evaluated: Path, tmp_path: Path
 ) -> None:
-    root = tmp_path / "copy"
-    shutil.copytree(evaluated, root)
-    pipeline = yaml.safe_load((root / "pipeline.yaml").read_text())
-    pipeline["stages"]["evaluate"] = {
-        "models": ["finetune"], "resamples": 0, "generation_view": False, "baselines": False,
-    }  # fmt: skip
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    config = {"models": ["finetune"], "resamples": 0, "generation_view": False, "baselines": False}
+    root = _rerun_with(evaluated, tmp_path, config)
     result = run_cli("run", str(root / "pipeline.yaml"), "--only", "evaluate")
     assert result.returncode == 0, result.stderr[-2000:]
     out = root / "run" / "evaluate"
