@@ -1,6 +1,9 @@
 """The ``llamagene`` command.
 
-    llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [--launcher CMD] [key=value ...]
+    llamagene run [PIPELINE.yaml] [--only STAGE ...] [--force] [--launcher CMD] [--processes N]
+                  [key=value ...]
+    llamagene prepare [PIPELINE.yaml] --stage STAGE [key=value ...]
+    llamagene plan [PIPELINE.yaml] [--stage STAGE] [--gpus N] [key=value ...]
     llamagene status [PIPELINE.yaml] [key=value ...]
     llamagene validate [PIPELINE.yaml] [key=value ...]
     llamagene templates {ls,show,new,lint,preview} ...   (prompt templates: llamagene.templates.cli)
@@ -87,6 +90,27 @@ def _parser() -> argparse.ArgumentParser:
         "'torchrun --standalone --nproc_per_node 2' (default: $LLAMAGENE_LAUNCHER, else train "
         "in this process); pipelines/cluster/launch.sh sets it for SLURM and DeepSpeed",
     )
+    run.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="how many training processes the launcher starts, in all (default: read from "
+        "the launcher's --nnodes x --nproc_per_node, or DeepSpeed's --num_nodes x --num_gpus); "
+        "the batch plan is settled for them before any work",
+    )
+    prepare = add(
+        "prepare",
+        "run what a training stage needs before its GPUs: its stale upstream stages (none of "
+        "which may train) and its data (pretrain: the tokenized corpus); a CPU job on a cluster",
+    )
+    prepare.add_argument("--stage", required=True, metavar="STAGE", help="pretrain or finetune")
+    plan = add(
+        "plan",
+        "print a training stage's batch plan and per-GPU memory estimate for N GPUs, without "
+        "running anything",
+    )
+    plan.add_argument("--stage", metavar="STAGE", help="default: the first training stage")
+    plan.add_argument("--gpus", type=int, metavar="N", help="processes (GPUs) in all; default 1")
     evaluate = add(
         "evaluate", "run the evaluate stage (its upstream stages must have run), or export its rows"
     )
@@ -185,7 +209,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipeline = _load(args.args)
         if args.command == "run":
             launcher = shlex.split(args.launcher) if args.launcher else None
+            if args.processes is not None:
+                from llamagene.training.batch_plan import PROCESSES_ENV
+
+                os.environ[PROCESSES_ENV] = str(
+                    _at_least_one(parser, "--processes", args.processes)
+                )
             return _run(pipeline, args.only, args.force, launcher)
+        if args.command == "prepare":
+            pipeline.prepare(args.stage)
+            print(f"prepared {args.stage} in {pipeline.run_dir}: its training can start")
+            return 0
+        if args.command == "plan":
+            from llamagene.training.planner import plan_report
+
+            gpus = None if args.gpus is None else _at_least_one(parser, "--gpus", args.gpus)
+            print(plan_report(pipeline, args.stage, gpus), end="")
+            return 0
         if args.command == "evaluate":
             if args.export_lm_eval is not None:
                 return _export_lm_eval(pipeline, args.export_lm_eval)
@@ -198,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the stage that was running is marked stale", file=sys.stderr)
         return 130
+
+
+def _at_least_one(parser: argparse.ArgumentParser, option: str, value: int) -> int:
+    if value < 1:
+        parser.error(f"{option} must be at least 1, not {value}")
+    return value
 
 
 def _failed(err: Exception, args: argparse.Namespace) -> int:

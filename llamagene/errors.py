@@ -35,5 +35,13 @@ class StageError(LlamageneError):
     exit_code = 1
 
 
+class TrainingStopped(StageError):
+    """Training saved a checkpoint and stopped because it was asked to (a signal, a stop
+    file); rerunning the stage resumes. Its exit code (EX_TEMPFAIL) tells a job script to
+    requeue rather than give up."""
+
+    exit_code = 75
+
+
 class NotImplementedStageError(LlamageneError):
     """A stage named in a pipeline is planned but not built in this version."""

@@ -56,6 +56,7 @@ from llamagene.stages.finetune import FinetuneConfig
 from llamagene.stages.merge_vocab import MergeVocabConfig
 from llamagene.stages.pretrain import PretrainConfig
 from llamagene.stages.train_bpe import TrainBpeConfig
+from llamagene.training.batch_plan import launcher_processes, settle_batch
 
 __all__ = [
     "MIN_FREE_BYTES",
@@ -200,6 +201,10 @@ class Pipeline:
         problems = self.check()
         if problems:
             raise ConfigError(str(self.path), problems)
+        processes = launcher_processes(launcher)
+        for stage, cfg in self.stages():  # an impossible batch plan stops the run up front
+            if processes and stage.name in TRAINING_STAGES and (not only or stage.name in only):
+                settle_batch(cfg.training, processes, f"{stage.name}.training")
         done: list[StageStatus] = []
         with run_lock(self.run_dir):
             remove_leftovers(self.run_dir)
@@ -231,6 +236,53 @@ class Pipeline:
                 run_stage(stage, cfg, manifest, self.run_dir, launcher)
                 done.append(StageStatus(stage.name, "ran", reasons))
         return done
+
+    def upstream_closure(self, name: str) -> list[str]:
+        """The configured stages ``name`` reads from, directly or not, in running order."""
+        configs = {stage.name: (stage, cfg) for stage, cfg in self.stages()}
+        needed: set[str] = set()
+        todo = [name]
+        while todo:
+            stage, cfg = configs[todo.pop()]
+            for up in stage.upstream(cfg):
+                if up in configs and up not in needed:
+                    needed.add(up)
+                    todo.append(up)
+        return [stage.name for stage, _ in self.stages() if stage.name in needed]
+
+    def prepare(self, name: str) -> list[StageStatus]:
+        """Everything before ``name``'s training that needs no GPU: its stale upstream stages
+        (which must not train) and its own preparation (``pretrain``: the tokenized corpus,
+        in the cache). A cluster runs this as a CPU job ahead of the GPU job."""
+        configs = {stage.name: (stage, cfg) for stage, cfg in self.stages()}
+        if name not in configs:
+            raise ConfigError(
+                str(self.path),
+                [f"--stage {name}: not a stage of this pipeline ({', '.join(configs)})"],
+            )
+        upstream = self.upstream_closure(name)
+        states = {st.name: st for st in self.status()}
+        training = [up for up in upstream if up in TRAINING_STAGES]
+        for up in training:
+            if states[up].state != "up to date":
+                raise ConfigError(
+                    str(self.path),
+                    [f"{up} is {states[up].state} and trains (a GPU job): run it before "
+                     f"preparing {name}"],
+                )  # fmt: skip
+        done = []
+        cpu_stages = [up for up in upstream if up not in TRAINING_STAGES]
+        if cpu_stages:
+            done = self.run(only=cpu_stages)
+        stage, cfg = configs[name]
+        prepare = getattr(stage, "prepare", None)
+        if prepare is not None:
+            prepare(cfg, self.run_dir)
+        return done
+
+
+#: Stages that train (on GPUs, under a launcher).
+TRAINING_STAGES = ("pretrain", "finetune")
 
 
 def load_pipeline(path: Path, overrides: Sequence[str] = ()) -> Pipeline:

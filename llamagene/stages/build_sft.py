@@ -47,6 +47,7 @@ from pydantic import Field
 from llamagene import faults
 from llamagene.config import InputPath, StrictModel
 from llamagene.errors import ConfigError, LlamageneError, StageError
+from llamagene.machine import usable_cpus
 from llamagene.manifest import write_text_atomic
 from llamagene.stages import StageContext
 
@@ -153,7 +154,7 @@ class BuildSft:
         state = _WorkerState(builder, jobs, shard_dir)
         counts: dict[tuple[str, str], SplitCounts] = {}
         written = {"train": 0, "dev": 0, "test": 0}
-        workers = min(cfg.workers or min(8, _cpu_count()), len(jobs))
+        workers = min(cfg.workers or min(8, usable_cpus()), len(jobs))
         for job, tally in zip(jobs, _run_jobs(state, workers), strict=True):
             counts[(job.task.info.id, job.split)] = tally
             written[job.split] += tally.written
@@ -189,13 +190,6 @@ def _tasks_json(jobs: Sequence[_Job]) -> str:
         }
         tasks[info.id] = info.to_json() | {"templates": templates}
     return json.dumps(tasks, indent=2, ensure_ascii=False) + "\n"
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

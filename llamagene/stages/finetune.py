@@ -37,6 +37,7 @@ from pydantic import Field
 from llamagene.config import InputPath, StrictModel, to_plain
 from llamagene.errors import StageError
 from llamagene.stages import StageContext
+from llamagene.training.batch_plan import BatchPlan, settle_batch, with_steps
 from llamagene.training.collate import Batching
 from llamagene.training.model import EmbeddingInit, EmbeddingTraining, LoraSettings
 from llamagene.training.run import (
@@ -44,7 +45,10 @@ from llamagene.training.run import (
     deepspeed_config,
     export_run,
     input_problems,
+    log_plan,
+    micro_batch,
     run_workers,
+    stage_batch_plan,
     work_key,
     write_json,
 )
@@ -100,11 +104,23 @@ class Finetune:
     def check(self, cfg: FinetuneConfig) -> list[str]:
         return input_problems(cfg.base_model, cfg.deepspeed)
 
+    def plan(self, cfg: FinetuneConfig, run_dir: Path, processes: int) -> BatchPlan:
+        """The batch plan on ``processes`` processes; steps once build_sft has written rows
+        (a micro batch is that many rows, packed or padded)."""
+        plan = settle_batch(cfg.training, processes, "finetune.training")
+        train = run_dir / "build_sft" / "train.jsonl"
+        rows = None
+        if train.is_file():
+            with train.open("rb") as handle:
+                rows = sum(1 for line in handle if line.strip())
+        return with_steps(plan, cfg.training, rows)
+
     def run(self, cfg: FinetuneConfig, ctx: StageContext) -> None:
         from llamagene.prompt_format import FORMAT_VERSION
         from llamagene.training.sft_data import prepare_sft
 
         tokenizer_dir = ctx.upstream("merge_vocab") / "tokenizer"
+        plan = stage_batch_plan(cfg.training, ctx.launcher, "finetune.training", None)
         base_dir = _base_dir(cfg, ctx)
         context = _check_base(base_dir, tokenizer_dir)
         max_tokens = cfg.max_tokens or context
@@ -129,6 +145,7 @@ class Finetune:
             stats["train"]["rows"], stats["train"]["tokens"], stats["train"]["trained_tokens"],
             stats["dev"]["rows"], cfg.batching,
         )  # fmt: skip
+        log_plan(self.name, plan, cfg.training, stats["train"]["rows"])
         spec = TrainSpec(
             model=ModelSpec(
                 base_model_dir=str(base_dir),
@@ -139,7 +156,7 @@ class Finetune:
                 embedding_training=cfg.embedding_training,
                 lora=to_plain(cfg.lora),
             ),
-            train=to_plain(cfg.training),
+            train=to_plain(cfg.training) | micro_batch(plan),
             data_dir=str(work_dir / "data"),
             work_dir=str(work_dir),
             data_kind="sft",

@@ -30,27 +30,34 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
 from llamagene.config import InputPath, StrictModel, to_plain
 from llamagene.errors import ConfigError, StageError
+from llamagene.machine import usable_cpus
 from llamagene.manifest import write_text_atomic
 from llamagene.stages import StageContext
+from llamagene.training.batch_plan import BatchPlan, settle_batch, with_steps
 from llamagene.training.model import EmbeddingInit, EmbeddingTraining, LoraSettings
 from llamagene.training.run import (
     TIMINGS,
     deepspeed_config,
     export_run,
     input_problems,
+    log_plan,
+    micro_batch,
     run_workers,
+    stage_batch_plan,
     work_key,
     write_json,
 )
 from llamagene.training.spec import ModelSpec, TrainSettings, TrainSpec
+
+if TYPE_CHECKING:
+    from llamagene.training.corpus import PackedCorpus
 
 log = logging.getLogger("llamagene")
 
@@ -126,15 +133,17 @@ class Pretrain:
             problems.extend(f"data_recipe ({err.source}): {p}" for p in err.problems)
         return problems
 
-    def run(self, cfg: PretrainConfig, ctx: StageContext) -> None:
+    def prepare(self, cfg: PretrainConfig, run_dir: Path) -> PackedCorpus:
+        """The tokenized, packed corpus (built into the cache, or found there): the CPU work
+        before training, which ``llamagene prepare`` runs as a job of its own."""
         from llamagene.training.corpus import prepare_corpus
         from llamagene.training.data_recipe import load_recipe
 
-        tokenizer_dir = ctx.upstream("merge_vocab") / "tokenizer"
+        tokenizer_dir = run_dir / "merge_vocab" / "tokenizer"
         recipe = load_recipe(cfg.data_recipe)
-        workers = cfg.data_workers or min(8, os.cpu_count() or 1)
-        cache_dir = cfg.cache_dir or ctx.run_dir / ".cache" / "corpus"
-        corpus = prepare_corpus(recipe, tokenizer_dir, cfg.block_size, cache_dir, workers)
+        workers = cfg.data_workers or min(8, usable_cpus())
+        cache = _cache(cfg, run_dir)
+        corpus = prepare_corpus(recipe, tokenizer_dir, cfg.block_size, cache, workers)
         log.info(
             "pretrain: corpus %s: %d training blocks, %d validation blocks of %d tokens "
             "(packing efficiency %.2f%%)",
@@ -143,7 +152,27 @@ class Pretrain:
         )  # fmt: skip
         if corpus.train_blocks == 0:
             raise StageError(f"{cfg.data_recipe}: the recipe gives no training blocks")
+        return corpus
 
+    def plan(self, cfg: PretrainConfig, run_dir: Path, processes: int) -> BatchPlan:
+        """The batch plan on ``processes`` processes; steps when the corpus is in the cache."""
+        from llamagene.training.corpus import cached_corpus
+        from llamagene.training.data_recipe import load_recipe
+
+        plan = settle_batch(cfg.training, processes, "pretrain.training", cfg.block_size)
+        tokenizer_dir = run_dir / "merge_vocab" / "tokenizer"
+        corpus = None
+        if (tokenizer_dir / "tokenizer.json").is_file():
+            corpus = cached_corpus(
+                load_recipe(cfg.data_recipe), tokenizer_dir, cfg.block_size, _cache(cfg, run_dir)
+            )
+        return with_steps(plan, cfg.training, corpus.train_blocks if corpus else None)
+
+    def run(self, cfg: PretrainConfig, ctx: StageContext) -> None:
+        tokenizer_dir = ctx.upstream("merge_vocab") / "tokenizer"
+        plan = stage_batch_plan(cfg.training, ctx.launcher, "pretrain.training", cfg.block_size)
+        corpus = self.prepare(cfg, ctx.run_dir)
+        log_plan(self.name, plan, cfg.training, corpus.train_blocks)
         work_dir = ctx.work_dir(work_key(to_plain(cfg), corpus.key, tokenizer_dir))
         spec = TrainSpec(
             model=ModelSpec(
@@ -155,7 +184,7 @@ class Pretrain:
                 embedding_training=cfg.embedding_training,
                 lora=to_plain(cfg.lora),
             ),
-            train=to_plain(cfg.training),
+            train=to_plain(cfg.training) | micro_batch(plan),
             data_dir=str(corpus.dir),
             work_dir=str(work_dir),
             deepspeed_config=deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
@@ -183,6 +212,10 @@ class Pretrain:
                 "packing_efficiency": corpus.stats.get("packing_efficiency"),
             }
         )
+
+
+def _cache(cfg: PretrainConfig, run_dir: Path) -> Path:
+    return cfg.cache_dir or run_dir / ".cache" / "corpus"
 
 
 STAGE = Pretrain()

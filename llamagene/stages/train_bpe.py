@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +70,7 @@ from llamagene.bpe_checks import (
 )
 from llamagene.bpe_sampling import sample_windows
 from llamagene.config import InputPath, StrictModel
+from llamagene.machine import usable_cpus
 from llamagene.manifest import write_bytes_atomic, write_text_atomic
 from llamagene.sequences import SequencePolicy, SequenceStats
 from llamagene.stages import StageContext
@@ -287,7 +287,7 @@ def _train_one(
                 vocab_size=vocab_size,
                 max_piece_length=cfg.max_piece_length,
                 max_sentence_length=sentence_length + 16,
-                num_threads=cfg.num_threads or len(os.sched_getaffinity(0)),
+                num_threads=cfg.num_threads or usable_cpus(),
                 seed=cfg.seed,
             )
     train_seconds = time.perf_counter() - start

@@ -165,6 +165,7 @@ def prepare_corpus(
     if (final / "meta.json").is_file():
         log.info("corpus cache hit: %s", final)
         return open_corpus(final)
+    log.info("corpus: tokenizing and packing into %s (%d processes)", final, num_proc)
     for stale in locks.remove_unowned(cache_dir, ".tmp-*"):
         log.info("corpus: removed %s, left by a build that was killed", stale)
     work = cache_dir / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -183,6 +184,18 @@ def prepare_corpus(
         if owner is not None:
             owner.release(remove=True)
     return open_corpus(final)
+
+
+def cached_corpus(
+    recipe: DataRecipe, tokenizer_dir: Path, block_size: int, cache_dir: Path
+) -> PackedCorpus | None:
+    """The packed corpus for ``recipe`` when the cache has it (nothing is built)."""
+    if not cache_dir.is_dir():
+        return None
+    material = _key_material(recipe, tokenizer_dir, block_size, cache_dir)
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    final = cache_dir / key[:16]
+    return open_corpus(final) if (final / "meta.json").is_file() else None
 
 
 def open_corpus(folder: Path) -> PackedCorpus:

@@ -19,9 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from llamagene import locks
-from llamagene.errors import StageError
+from llamagene.errors import StageError, TrainingStopped
 from llamagene.manifest import write_text_atomic
-from llamagene.training.spec import FINAL_DIR, LOGS_DIR, TIMING_FIGURES, TrainSpec
+from llamagene.training.batch_plan import (
+    PROCESSES_ENV,
+    BatchPlan,
+    launcher_processes,
+    settle_batch,
+    with_steps,
+)
+from llamagene.training.spec import (
+    FINAL_DIR,
+    LOGS_DIR,
+    STOPPED_FILE,
+    TIMING_FIGURES,
+    TrainSettings,
+    TrainSpec,
+)
 
 log = logging.getLogger("llamagene")
 #: Config keys that do not change what is trained (kept out of the work key).
@@ -80,6 +94,36 @@ def input_problems(base_model: Path | None, deepspeed: Path | None) -> list[str]
     return problems
 
 
+def stage_batch_plan(
+    settings: TrainSettings, launcher: list[str] | None, where: str, sequence_tokens: int | None
+) -> BatchPlan | None:
+    """The batch plan for the processes ``launcher`` starts, settled before any work (an
+    impossible one stops the stage here, with the fix); None when the launcher does not say
+    how many processes it starts (the workers then check the batch themselves)."""
+    processes = launcher_processes(launcher)
+    if processes is None:
+        log.warning(
+            "%s: cannot tell from the launcher how many processes it starts; set %s (or "
+            "`llamagene run --processes N`) to check the batch plan before any work",
+            where.split(".")[0], PROCESSES_ENV,
+        )  # fmt: skip
+        return None
+    return settle_batch(settings, processes, where, sequence_tokens)
+
+
+def log_plan(
+    stage: str, plan: BatchPlan | None, settings: TrainSettings, sequences: int | None
+) -> None:
+    if plan is not None:
+        for line in with_steps(plan, settings, sequences).lines():
+            log.info("%s: batch plan: %s", stage, line)
+
+
+def micro_batch(plan: BatchPlan | None) -> dict[str, Any]:
+    """The training settings the plan changes (the micro batch), for the workers' spec."""
+    return {} if plan is None else {"micro_batch_size": plan.micro_batch}
+
+
 def run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None, stage: str) -> None:
     """Train in this process, or start workers under the launcher and wait for them."""
     if (Path(spec.work_dir) / FINAL_DIR / "train_figures.json").is_file():
@@ -89,6 +133,7 @@ def run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None, st
         from llamagene.training.worker import train
 
         train(spec)
+        _check_stopped(spec, stage)
         return
     if launcher is None:  # DeepSpeed needs a process group: a one-process torchrun gives one
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -104,10 +149,23 @@ def run_workers(spec: TrainSpec, spec_path: Path, launcher: list[str] | None, st
         done = subprocess.run(command, check=False, preexec_fn=locks.terminate_with_parent)
     except FileNotFoundError:
         raise StageError(f"launcher not found: {launcher[0]} (is it on PATH?)") from None
+    _check_stopped(spec, stage)
     if done.returncode != 0:
         raise StageError(
             f"training workers failed (exit {done.returncode}); their output is above. "
             f"Rerun the stage to resume from the last checkpoint in {spec.work_dir}"
+        )
+
+
+def _check_stopped(spec: TrainSpec, stage: str) -> None:
+    """Raise :class:`TrainingStopped` when the workers stopped on request (see
+    ``StopOnRequest``): the checkpoint is saved and a rerun resumes from it."""
+    stopped = Path(spec.work_dir) / STOPPED_FILE
+    if stopped.is_file():
+        step = json.loads(stopped.read_text(encoding="utf-8")).get("step")
+        raise TrainingStopped(
+            f"{stage}: training stopped on request after step {step} and saved a checkpoint "
+            f"in {spec.work_dir}; rerun the stage to resume"
         )
 
 

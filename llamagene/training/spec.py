@@ -17,6 +17,13 @@ from llamagene.training.model import EmbeddingInit, EmbeddingTraining
 Precision = Literal["auto", "bf16", "fp32"]
 #: Fault injection for resume tests: SIGKILL this process right after the checkpoint of this step.
 KILL_AFTER_SAVE_ENV = "LLAMAGENE_KILL_AFTER_SAVE_STEP"
+#: A file whose appearance asks training to save a checkpoint and stop (a SLURM job's signal
+#: trap touches it); SIGUSR1 or SIGTERM to a training process does the same.
+STOP_FILE_ENV = "LLAMAGENE_STOP_FILE"
+#: Written into the work folder by rank 0 when training stopped on request (the step).
+STOPPED_FILE = "stopped.json"
+#: Exit code of a stage that stopped on request: a rerun resumes (EX_TEMPFAIL).
+STOPPED_EXIT_CODE = 75
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"

@@ -8,6 +8,7 @@ log line, logs at every checkpoint, TensorBoard, and the fault injection of the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamagene.training.spec import KILL_AFTER_SAVE_ENV, TrainSpec
+from llamagene.training.spec import KILL_AFTER_SAVE_ENV, STOP_FILE_ENV, TrainSpec
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +118,28 @@ def make_trainer(
             if control.should_save or state.global_step >= state.max_steps:
                 control.should_log = True
 
+    class StopOnRequest(TrainerCallback):
+        """Save a checkpoint and stop at the end of a step once a stop is asked for
+        (:class:`StopRequest`); every process stops at the same step."""
+
+        def __init__(self) -> None:
+            self.request = StopRequest()
+            self.stopped_at: int | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.request.arm()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not _any_process(self.request.asked()) or state.global_step >= state.max_steps:
+                return
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_log = True
+            control.should_training_stop = True
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.request.disarm()
+
     class KillAfterSave(TrainerCallback):
         def __init__(self, step: int) -> None:
             self.step = step
@@ -126,7 +149,8 @@ def make_trainer(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     logs_dir.mkdir(parents=True, exist_ok=True)
-    callbacks: list[Any] = [LogAtCheckpoints()]
+    stop = StopOnRequest()
+    callbacks: list[Any] = [LogAtCheckpoints(), stop]
     if os.environ.get("RANK", "0") == "0":  # one TensorBoard writer
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations.integration_utils import TensorBoardCallback
@@ -135,7 +159,7 @@ def make_trainer(
         callbacks.append(TensorBoardCallback(writer))  # type: ignore[no-untyped-call]
     if os.environ.get(KILL_AFTER_SAVE_ENV):
         callbacks.append(KillAfterSave(int(os.environ[KILL_AFTER_SAVE_ENV])))
-    return MetricsTrainer(
+    trainer = MetricsTrainer(
         model=model,
         args=args,
         data_collator=data.collator,
@@ -143,3 +167,54 @@ def make_trainer(
         eval_dataset=data.valid if len(data.valid) else None,
         callbacks=callbacks,
     )
+    trainer.llamagene_stop = stop  # type: ignore[attr-defined]
+    return trainer
+
+
+class StopRequest:
+    """Whether this training process was asked to stop: SIGUSR1 or SIGTERM since
+    :meth:`arm` (a SLURM job's ``--signal``, a scheduler preempting the job), or the file
+    ``$LLAMAGENE_STOP_FILE`` exists (a job script's signal trap touches it)."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stop_file = os.environ.get(STOP_FILE_ENV) or None
+        self.signalled = False
+        self._previous: dict[int, Any] = {}
+
+    def arm(self) -> None:
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: the file only
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def disarm(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def asked(self) -> bool:
+        return self.signalled or bool(self.stop_file and os.path.exists(self.stop_file))
+
+
+def stopped_at_step(trainer: Trainer) -> int | None:
+    """The step at which :func:`make_trainer`'s trainer stopped on request (None: it ran to
+    the end)."""
+    stop = getattr(trainer, "llamagene_stop", None)
+    return None if stop is None else stop.stopped_at
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set in any training process (the flag itself with one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamagene.errors import StageError
 from llamagene.manifest import write_text_atomic
+from llamagene.training.batch_plan import settle_batch
 from llamagene.training.checkpoints import checkpoint_step, resume_checkpoint, trim_metrics
 from llamagene.training.model import (
     LoraSettings,
@@ -51,13 +52,14 @@ from llamagene.training.spec import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
     LOGS_DIR,
+    STOPPED_FILE,
     ModelSpec,
     TrainSettings,
     TrainSpec,
     resolve_precision,
     zero_stage,
 )
-from llamagene.training.trainer import make_trainer, open_data
+from llamagene.training.trainer import make_trainer, open_data, stopped_at_step
 
 if TYPE_CHECKING:
     import torch
@@ -109,12 +111,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     settings = TrainSettings.model_validate(spec.train)
     work_dir = Path(spec.work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    accumulation, remainder = divmod(settings.global_batch_size, settings.micro_batch_size * world)
-    if remainder or accumulation < 1:
-        raise StageError(
-            f"training.global_batch_size {settings.global_batch_size} is not a multiple of "
-            f"micro_batch_size {settings.micro_batch_size} x {world} processes"
-        )
+    stage = str(spec.extra.get("stage", "training"))
+    plan = settle_batch(settings, world, f"{stage}.training")
+    if plan.micro_batch != settings.micro_batch_size:
+        log.warning("%s: batch plan: %s", stage, plan.lines()[1])
+    accumulation = plan.accumulation
     precision = resolve_precision(settings.precision)
     on_gpu = torch.cuda.is_available()
     if spec.deepspeed_config is not None and not on_gpu:
@@ -143,8 +144,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     keep_best = settings.keep_best_checkpoint and len(valid_data) > 0
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=settings.micro_batch_size,
-        per_device_eval_batch_size=settings.micro_batch_size,
+        per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch,
         gradient_accumulation_steps=accumulation,
         max_steps=settings.max_steps or -1,
         num_train_epochs=settings.epochs,
@@ -184,7 +185,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     # rank 0 looks first and removes incomplete checkpoints; the others then see what it left
     with args.main_process_first(local=False, desc="choosing the checkpoint to resume from"):
         resume = resume_checkpoint(
-            checkpoints, spec.deepspeed_config, stage=str(spec.extra.get("stage", "training")),
+            checkpoints, spec.deepspeed_config, stage=stage,
             tidy=_is_rank_zero(),
         )  # fmt: skip
     resumed_from = checkpoint_step(resume) if resume else 0
@@ -192,9 +193,18 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     if _is_rank_zero():
         trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", resumed_from)
+    stopped_file = work_dir / STOPPED_FILE
+    if _is_rank_zero():
+        stopped_file.unlink(missing_ok=True)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    stopped = stopped_at_step(trainer)
+    if stopped is not None:
+        log.warning("%s: stopped on request after step %d; its checkpoint is saved", stage, stopped)
+        if trainer.is_world_process_zero():
+            write_text_atomic(stopped_file, json.dumps({"step": stopped}) + "\n")
+        return {"stopped_at_step": stopped}
     metrics: dict[str, Any] = {}
     if len(valid_data):
         metrics.update(trainer.evaluate())

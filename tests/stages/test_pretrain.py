@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from safetensors.torch import load_file
 from llamagene.alphabets import to_model_text
 from llamagene.pipeline import load_pipeline
 from llamagene.training.corpus import open_corpus
-from llamagene.training.spec import KILL_AFTER_SAVE_ENV
+from llamagene.training.spec import KILL_AFTER_SAVE_ENV, STOP_FILE_ENV
+from llamagene.training.trainer import StopRequest
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "pipelines" / "cluster" / "launch.sh"
@@ -191,11 +193,66 @@ def test_pretrain_config_errors_are_reported_together(tmp_path: Path) -> None:
     assert "ds.json: not valid JSON" in result.stderr
 
 
-def test_global_batch_must_divide_over_processes(tmp_path: Path) -> None:
-    pipeline = setup_pipeline(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 3})
-    result = run_cli("run", str(pipeline))
+def test_batch_plan_is_settled_before_any_work(tmp_path: Path) -> None:
+    pipeline = setup_pipeline(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 4})
+    result = run_cli("run", str(pipeline), "--processes", "3")
     assert result.returncode == 1
-    assert "global_batch_size 3 is not a multiple of micro_batch_size 2" in result.stderr
+    assert (
+        "pretrain.training.global_batch_size 4 cannot be shared out over 3 processes: set it "
+        "to a multiple of 3 (e.g. 6)" in result.stderr
+    )
+    assert not (tmp_path / "run" / "train_bpe").exists()  # stopped before the first stage
+
+    launcher = "torchrun --nnodes 2 --nproc_per_node 3"
+    result = run_cli("run", str(pipeline), "--launcher", launcher)
+    assert "cannot be shared out over 6 processes" in result.stderr
+
+    plan = run_cli("plan", str(pipeline), "--gpus", "4")  # micro 2 lowered to 1 for 4 processes
+    assert plan.returncode == 0, plan.stderr
+    assert "micro batch      1 sequences per process" in plan.stdout
+    assert "lowered from micro_batch_size 2" in plan.stdout
+    assert "steps            12 (training.max_steps)" in plan.stdout
+    assert "tokens per step  256 (4 x 64)" in plan.stdout
+
+
+def test_a_stop_request_saves_a_checkpoint_and_a_rerun_resumes(
+    reference: Path, tmp_path: Path
+) -> None:
+    """The stop file a SLURM job's signal trap touches: training saves and stops at the end of
+    the step, the stage exits 75 (requeue), and the rerun ends as the uninterrupted run did."""
+    pipeline = setup_pipeline(tmp_path)
+    stop = tmp_path / "stop"
+    stop.touch()
+    stopped = run_cli("run", str(pipeline), env={STOP_FILE_ENV: str(stop)})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert "training stopped on request after step 1 and saved a checkpoint" in stopped.stderr
+    assert list((tmp_path / "run" / ".work" / "pretrain").glob("*/checkpoints/checkpoint-1"))
+    stop.unlink()
+    resumed = run_cli("run", str(pipeline), env={STOP_FILE_ENV: str(stop)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timings = json.loads((tmp_path / "run" / "pretrain" / "timings.json").read_text())
+    assert timings["resumed_from_step"] == 1
+    got = load_file(str(tmp_path / "run" / "pretrain" / "adapter" / "adapter_model.safetensors"))
+    want = load_file(str(reference / "pretrain" / "adapter" / "adapter_model.safetensors"))
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_a_signal_asks_training_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STOP_FILE_ENV, raising=False)
+    request = StopRequest()
+    before = signal.getsignal(signal.SIGUSR1)
+    request.arm()
+    assert not request.asked()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert request.asked()
+    request.disarm()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "stop"))
+    request = StopRequest()
+    assert not request.asked()
+    (tmp_path / "stop").touch()
+    assert request.asked()
 
 
 def test_demo_pipeline_pretrains_finetunes_and_evaluates(tmp_path: Path) -> None:
