@@ -190,6 +190,10 @@ class Pretrain:
             deepspeed_config=deepspeed_config(cfg.deepspeed) if cfg.deepspeed else None,
             extra={"stage": self.name},
         )
+        if cfg.base_model_config is not None:
+            from llamagene.training.worker import save_config_base
+
+            save_config_base(spec.model, work_dir)  # once, before the workers load it
         spec_path = work_dir / "spec.json"
         spec.save(spec_path)
         run_workers(spec, spec_path, ctx.launcher, self.name)

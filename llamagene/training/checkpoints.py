@@ -53,10 +53,7 @@ def checkpoint_problem(folder: Path, deepspeed_config: dict[str, Any] | None = N
     step = state.get("global_step")
     if step is not None and step != checkpoint_step(folder):
         return f"trainer_state.json is of step {step}"
-    # how many processes saved it: each writes its RNG states (and its ZeRO optimizer shard)
-    ranks = _ranks(folder.glob("rng_state_*.pth"), _RANKED_RNG)
-    ranks |= _ranks(folder.glob("global_step*/*optim_states.pt"), _ZERO_OPTIM)
-    processes = max(ranks, default=0) + 1
+    processes = checkpoint_processes(folder)
     problems = [_weights_problem(folder, required=deepspeed_config is None)]
     if deepspeed_config is None:
         problems.append(_torch_file_problem(folder / "optimizer.pt"))
@@ -72,6 +69,38 @@ def checkpoint_problem(folder: Path, deepspeed_config: dict[str, Any] | None = N
             _torch_file_problem(folder / f"rng_state_{r}.pth") for r in range(processes)
         )
     return next((p for p in problems if p is not None), None)
+
+
+def checkpoint_processes(folder: Path) -> int:
+    """How many training processes wrote a checkpoint (each saves its RNG states, and under
+    ZeRO its optimizer shard)."""
+    ranks = _ranks(folder.glob("rng_state_*.pth"), _RANKED_RNG)
+    ranks |= _ranks(folder.glob("global_step*/*optim_states.pt"), _ZERO_OPTIM)
+    return max(ranks, default=0) + 1
+
+
+def load_trainable_weights(model: Any, checkpoint: Path) -> None:
+    """The trained weights of ``checkpoint`` (its PEFT adapter file: LoRA matrices and
+    embedding rows) into ``model``, a PEFT model, gathered first where ZeRO-3 partitions them.
+    What a resume on another number of processes keeps of a DeepSpeed checkpoint, whose
+    optimizer state is partitioned per process."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from llamagene.training.model import gathered
+
+    path = checkpoint / "adapter_model.safetensors"
+    if not path.is_file():
+        raise StageError(f"{checkpoint}: no adapter_model.safetensors to resume the weights from")
+    weights = load_file(str(path))
+    with gathered(list(model.parameters())):
+        result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise StageError(
+            f"{path}: {len(unexpected)} weights fit no parameter of this model (e.g. "
+            f"{unexpected[0]}): the checkpoint belongs to another model"
+        )
 
 
 def resume_checkpoint(

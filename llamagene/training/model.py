@@ -25,6 +25,7 @@ merging an adapter with grown embeddings into an un-resized base is the classic 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -151,7 +152,8 @@ def grow_embeddings(model: PreTrainedModel, tokenizer_dir: Path, init: Embedding
 
     meta = tokenizer_meta(tokenizer_dir)
     base_size, tok_size = int(meta["base_vocab_size"]), int(meta["vocab_size"])
-    old_rows = embedding_matrices(model)[0].shape[0]
+    # the module's row count: under ZeRO-3 the weight itself is an empty partition here
+    old_rows = int(getattr(model.get_input_embeddings(), "num_embeddings"))  # noqa: B009
     if old_rows < base_size:
         raise StageError(
             f"the base model has {old_rows} embedding rows but the tokenizer's base vocabulary "
@@ -176,7 +178,7 @@ def grow_embeddings(model: PreTrainedModel, tokenizer_dir: Path, init: Embedding
             if ids:
                 parts[token_id] = ids
     model.resize_token_embeddings(rows, mean_resizing=False)
-    with torch.no_grad():
+    with gathered(embedding_matrices(model)), torch.no_grad():
         for weight in embedding_matrices(model):
             weight[base_size:] = weight[:base_size].float().mean(dim=0).to(weight.dtype)
             for token_id, ids in parts.items():
@@ -186,13 +188,42 @@ def grow_embeddings(model: PreTrainedModel, tokenizer_dir: Path, init: Embedding
     return GrownVocab(base_size, tok_size, rows, new_ids, init, composed)
 
 
+def gathered(params: list[torch.Tensor]) -> contextlib.AbstractContextManager[Any]:
+    """Whole parameters inside the block, written back to their partitions after it, under
+    DeepSpeed ZeRO-3 (a no-op otherwise)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():  # type: ignore[no-untyped-call]
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return cast(
+        "contextlib.AbstractContextManager[Any]",
+        deepspeed.zero.GatheredParameters(params, modifier_rank=0),
+    )
+
+
+def held_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(elements this process holds, elements in all): the same under DDP, about 1/N of
+    them with ZeRO-3 partitioning over N processes."""
+    held = total = 0
+    for param in model.parameters():
+        partition = getattr(param, "ds_tensor", None)
+        held += partition.numel() if partition is not None else param.numel()
+        total += int(getattr(param, "ds_numel", param.numel()))
+    return held, total
+
+
 def embedding_matrices(model: PreTrainedModel) -> list[torch.Tensor]:
     """The input embedding matrix, and the output one unless the two are tied."""
     matrices = [cast("torch.Tensor", model.get_input_embeddings().weight)]
     output = model.get_output_embeddings()  # type: ignore[no-untyped-call]
     if output is not None:
         out_weight = cast("torch.Tensor", output.weight)
-        if out_weight.data_ptr() != matrices[0].data_ptr():
+        tied = out_weight is matrices[0] or (
+            out_weight.numel() > 0 and out_weight.data_ptr() == matrices[0].data_ptr()
+        )  # (a ZeRO-3 partitioned weight is an empty tensor here: compare objects)
+        if not tied:
             matrices.append(out_weight)
     return matrices
 
@@ -265,6 +296,10 @@ def load_adapter_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+
+    def count(param: torch.Tensor) -> int:
+        return int(getattr(param, "ds_numel", param.numel()))  # whole, when partitioned
+
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(count(p) for p in model.parameters())
     return trainable, total

@@ -26,26 +26,35 @@ config; the control flow that matters stays here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamagene.errors import StageError
 from llamagene.manifest import write_text_atomic
 from llamagene.training.batch_plan import settle_batch
-from llamagene.training.checkpoints import checkpoint_step, resume_checkpoint, trim_metrics
+from llamagene.training.checkpoints import (
+    checkpoint_processes,
+    checkpoint_step,
+    load_trainable_weights,
+    resume_checkpoint,
+    trim_metrics,
+)
 from llamagene.training.model import (
+    GrownVocab,
     LoraSettings,
     attach_lora,
     build_base_model,
     count_parameters,
     grow_embeddings,
+    held_parameters,
     tokenizer_meta,
 )
 from llamagene.training.spec import (
@@ -69,22 +78,50 @@ if TYPE_CHECKING:
 log = logging.getLogger("llamagene")
 
 
-def build_model(spec: ModelSpec, work_dir: Path, dtype: torch.dtype | None) -> PreTrainedModel:
-    """The base, grown to the merged vocabulary, before LoRA. A base built from a config is
-    saved once to ``work_dir/base_model`` and reloaded from there, so a resumed run and the
-    export see the very same frozen weights."""
-    from transformers import AutoModelForCausalLM
-
+def save_config_base(spec: ModelSpec, work_dir: Path) -> Path:
+    """``work_dir/base_model``: a base built from ``base_model_config`` (seeded), grown to
+    the merged vocabulary, saved once (atomically) so that every training process, a resumed
+    run and the export load the very same frozen weights, each through ``from_pretrained`` (a
+    ZeRO-3 run then partitions them as they load). The stage calls this before starting its
+    workers; the base of a config is small (tests, the demo, benchmarks)."""
     saved = work_dir / "base_model"
-    if spec.base_model_dir is None and (saved / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(str(saved), dtype=dtype, local_files_only=True)
+    if (saved / "config.json").is_file():
+        return saved
     tokenizer_dir = Path(spec.tokenizer_dir)
     meta = tokenizer_meta(tokenizer_dir)
-    base_dir = Path(spec.base_model_dir) if spec.base_model_dir else None
     model = build_base_model(
-        base_dir, spec.base_model_config, spec.seed, int(meta["base_vocab_size"]), dtype
+        None, spec.base_model_config, spec.seed, int(meta["base_vocab_size"]), None
     )
+    _log_growth(grow_embeddings(model, tokenizer_dir, spec.embedding_init))
+    tmp = saved.with_name(f".base_model.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    if saved.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, saved)
+    return saved
+
+
+def build_model(spec: ModelSpec, work_dir: Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    """The base, grown to the merged vocabulary, before LoRA: ``base_model_dir``, or the base
+    built from a config (:func:`save_config_base`). Under DeepSpeed ZeRO-3 (its config alive in
+    ``TrainingArguments``) the weights are partitioned over the processes as they load, and the
+    new rows are initialised with their matrices gathered."""
+    if spec.base_model_dir is None:
+        base_dir = save_config_base(spec, work_dir)
+    else:
+        base_dir = Path(spec.base_model_dir)
+    tokenizer_dir = Path(spec.tokenizer_dir)
+    meta = tokenizer_meta(tokenizer_dir)
+    model = build_base_model(base_dir, None, spec.seed, int(meta["base_vocab_size"]), dtype)
     grown = grow_embeddings(model, tokenizer_dir, spec.embedding_init)
+    if spec.base_model_dir is not None:
+        _log_growth(grown)
+    return model
+
+
+def _log_growth(grown: GrownVocab) -> None:
     if grown.grown_before:
         log.info("vocabulary: the base has the merged tokenizer's %d rows already", grown.rows)
     else:
@@ -93,14 +130,6 @@ def build_model(spec: ModelSpec, work_dir: Path, dtype: torch.dtype | None) -> P
             grown.base_vocab_size, grown.rows, len(grown.new_token_ids),
             grown.composed_from_base, grown.init,
         )  # fmt: skip
-    if spec.base_model_dir is None and _is_rank_zero():
-        tmp = saved.with_name(f".base_model.tmp-{os.getpid()}")
-        model.save_pretrained(str(tmp))
-        if saved.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, saved)
-    return model
 
 
 def train(spec: TrainSpec) -> dict[str, Any]:
@@ -122,23 +151,6 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         _avoid_deepspeed_jit()
     data = open_data(spec)
     valid_data = data.valid
-
-    dtype = torch.bfloat16 if precision == "bf16" and on_gpu else torch.float32
-    base = build_model(spec.model, work_dir, dtype)
-    meta = tokenizer_meta(Path(spec.model.tokenizer_dir))
-    new_ids = list(range(int(meta["base_vocab_size"]), int(meta["vocab_size"])))
-    lora = LoraSettings.model_validate(spec.model.lora)
-    set_seed(settings.seed)  # LoRA's A matrices are random: same init in every process
-    model = attach_lora(base, lora, new_ids, spec.model.embedding_training)
-    # no cache in training: with one, transformers would not build the block-diagonal mask
-    # of packed rows (position ids restarting, no attention mask) and rows would see each other
-    model.config.use_cache = False
-    for param in model.parameters():
-        if param.requires_grad:
-            param.data = param.data.float()  # trainable weights keep fp32 master values
-    trainable, total = count_parameters(model)
-    log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)  # fmt: skip
 
     checkpoints = work_dir / CHECKPOINTS_DIR
     keep_best = settings.keep_best_checkpoint and len(valid_data) > 0
@@ -179,17 +191,54 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
-    trainer = make_trainer(
-        model, args, data, work_dir / LOGS_DIR, settings.embedding_lr or settings.learning_rate
-    )
+    # the process group now: ZeRO-3's partitioned loading below reads the world size from it
+    args._setup_devices  # noqa: B018 - a cached property: touching it sets the group up
+    if spec.deepspeed_config is not None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     # rank 0 looks first and removes incomplete checkpoints; the others then see what it left
     with args.main_process_first(local=False, desc="choosing the checkpoint to resume from"):
         resume = resume_checkpoint(
-            checkpoints, spec.deepspeed_config, stage=stage,
-            tidy=_is_rank_zero(),
-        )  # fmt: skip
+            checkpoints, spec.deepspeed_config, stage=stage, tidy=_is_rank_zero()
+        )
     resumed_from = checkpoint_step(resume) if resume else 0
-    if resume is not None:
+
+    dtype = torch.bfloat16 if precision == "bf16" and on_gpu else torch.float32
+    base = build_model(spec.model, work_dir, dtype)  # partitioned as it loads under ZeRO-3
+    held_here, base_parameters = held_parameters(base)
+    held = _per_process(held_here)
+    log.info("base model: %s parameters; held per process after loading: %s",
+             f"{base_parameters:,}", ", ".join(f"{h:,}" for h in held))  # fmt: skip
+    meta = tokenizer_meta(Path(spec.model.tokenizer_dir))
+    new_ids = list(range(int(meta["base_vocab_size"]), int(meta["vocab_size"])))
+    lora = LoraSettings.model_validate(spec.model.lora)
+    set_seed(settings.seed)  # LoRA's A matrices are random: same init in every process
+    model = attach_lora(base, lora, new_ids, spec.model.embedding_training)
+    # no cache in training: with one, transformers would not build the block-diagonal mask
+    # of packed rows (position ids restarting, no attention mask) and rows would see each other
+    model.config.use_cache = False
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()  # trainable weights keep fp32 master values
+    trainable, total = count_parameters(model)
+    log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)  # fmt: skip
+
+    trainer = make_trainer(
+        model, args, data, work_dir / LOGS_DIR, settings.embedding_lr or settings.learning_rate
+    )
+    written_by = checkpoint_processes(resume) if resume is not None else world
+    weights_only = resume is not None and spec.deepspeed_config is not None and written_by != world
+    if resume is not None and weights_only:
+        log.warning(
+            "%s: %s was written by %d processes and this run has %d: resuming from its "
+            "weights, learning-rate schedule and data position; the optimizer state (AdamW "
+            "moments, which DeepSpeed ZeRO keeps per process) restarts",
+            stage, resume.name, written_by, world,
+        )  # fmt: skip
+        load_trainable_weights(model, resume)
+    elif resume is not None:
         log.info("resuming from %s", resume)
     if _is_rank_zero():
         trim_metrics(work_dir / LOGS_DIR / "metrics.jsonl", resumed_from)
@@ -197,7 +246,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     if _is_rank_zero():
         stopped_file.unlink(missing_ok=True)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with _weights_only_deepspeed_resume(world, resume if weights_only else None):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     stopped = stopped_at_step(trainer)
     if stopped is not None:
@@ -220,6 +270,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "eval_loss": round(float(metrics["eval_loss"]), 6) if "eval_loss" in metrics else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "base_parameters": base_parameters,
+        "base_parameters_held_per_process": held,
         "tokens_per_step": round(trainer.state.num_input_tokens_seen / max(steps, 1)),
         "best_checkpoint": _best_step(trainer.state.best_model_checkpoint) if keep_best else None,
         "train_seconds_this_run": round(seconds, 2),
@@ -236,6 +288,42 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             final / "train_figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n"
         )
     return figures
+
+
+@contextlib.contextmanager
+def _weights_only_deepspeed_resume(world: int, resumed: Path | None) -> Iterator[None]:
+    """HF ``Trainer`` loads DeepSpeed checkpoints whole, which DeepSpeed refuses for one
+    written by another number of processes. Here such a checkpoint loads its weights only:
+    the one resumed from had them loaded before DeepSpeed started (so its fp32 master copies
+    start from them) and is skipped; another (the best one, at the end) gets them loaded into
+    the model, gathered."""
+    import transformers.trainer as hf_trainer
+
+    name = "deepspeed_load_checkpoint"
+    original: Any = getattr(hf_trainer, name)
+
+    def load(engine: Any, path: str, load_module_strict: bool = True) -> None:
+        if checkpoint_processes(Path(path)) == world:
+            original(engine, path, load_module_strict=load_module_strict)
+        elif resumed is None or Path(path) != resumed:
+            load_trainable_weights(engine.module, Path(path))
+
+    setattr(hf_trainer, name, load)
+    try:
+        yield
+    finally:
+        setattr(hf_trainer, name, original)
+
+
+def _per_process(value: int) -> list[int]:
+    """``value`` of every training process, in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return [int(v) for v in values]
 
 
 def _mean_train_loss(history: list[dict[str, Any]], this_run: float) -> float:

@@ -83,7 +83,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def logged_losses(run_dir: Path) -> dict[int, float]:
-    lines = (run_dir / "pretrain" / "logs" / "metrics.jsonl").read_text().splitlines()
+    return _losses(run_dir / "pretrain" / "logs" / "metrics.jsonl")
+
+
+def logged_losses_of(stage_work: Path) -> dict[int, float]:
+    """The losses logged so far by the unfinished run in ``<run_dir>/.work/pretrain``."""
+    (metrics,) = stage_work.glob("*/logs/metrics.jsonl")
+    return _losses(metrics)
+
+
+def _losses(metrics: Path) -> dict[int, float]:
+    lines = metrics.read_text().splitlines()
     return {rec["step"]: rec["loss"] for rec in map(json.loads, lines) if "loss" in rec}
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 import torch
-from pretrain_setup import PRETRAIN, logged_losses, reference_run, run_cli, setup_pipeline
+from pretrain_setup import (
+    PRETRAIN,
+    logged_losses,
+    logged_losses_of,
+    reference_run,
+    run_cli,
+    setup_pipeline,
+)
 from safetensors.torch import load_file
 
 from llamagene.alphabets import to_model_text
@@ -142,7 +149,9 @@ def test_killed_run_resumes_to_the_same_adapter(reference: Path, tmp_path: Path)
     assert logged_losses(tmp_path / "run") == logged_losses(reference)
 
 
-def _two_process_run(tmp_path: Path, zero_config: Path, **pretrain: Any) -> Path:
+def _two_process_run(
+    tmp_path: Path, zero_config: Path, env: dict[str, str] | None = None, **pretrain: Any
+) -> Path:
     pipeline = setup_pipeline(tmp_path, **pretrain)
     upstream = run_cli("run", str(pipeline), "--only", "train_bpe", "--only", "merge_vocab")
     assert upstream.returncode == 0, upstream.stderr[-3000:]
@@ -150,10 +159,39 @@ def _two_process_run(tmp_path: Path, zero_config: Path, **pretrain: Any) -> Path
         ["bash", str(LAUNCH), "--local", "--nproc", "2", str(pipeline), "pretrain",
          f"pretrain.deepspeed={zero_config}"],
         capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+             **(env or {})},
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert (done.returncode == 0) == (env is None), done.stderr[-4000:]
     return tmp_path / "run"
+
+
+# PEFT builds trainable_tokens rows under ZeRO-3 on CUDA only: the CPU ZeRO-3 run trains copies
+@pytest.mark.parametrize(
+    ("zero", "embeddings"),
+    [(ZERO2, "trainable_tokens"), pytest.param(ZERO3, "modules_to_save", marks=pytest.mark.slow)],
+)
+def test_a_zero_checkpoint_of_two_processes_resumes_on_one(
+    tmp_path: Path, zero: Path, embeddings: str
+) -> None:
+    run_dir = _two_process_run(
+        tmp_path, zero, env={KILL_AFTER_SAVE_ENV: "8"}, embedding_training=embeddings
+    )
+    assert list((run_dir / ".work" / "pretrain").glob("*/checkpoints/checkpoint-8/global_step8"))
+    before = logged_losses_of(run_dir / ".work" / "pretrain")
+    resumed = run_cli("run", str(tmp_path / "pipeline.yaml"), f"pretrain.deepspeed={zero}")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert (
+        "checkpoint-8 was written by 2 processes and this run has 1: resuming from its weights, "
+        "learning-rate schedule and data position; the optimizer state" in resumed.stderr
+    )
+    report = json.loads((run_dir / "pretrain" / "report.json").read_text())
+    assert report["processes"] == 1 and report["steps"] == 12
+    timings = json.loads((run_dir / "pretrain" / "timings.json").read_text())
+    assert timings["resumed_from_step"] == 8
+    after = logged_losses(run_dir)
+    assert {s: after[s] for s in before if s <= 8} == {s: v for s, v in before.items() if s <= 8}
+    assert after[12] < after[1]
 
 
 def test_two_processes_with_zero2_match_one_process(reference: Path, tmp_path: Path) -> None:
@@ -172,6 +210,11 @@ def test_two_processes_with_zero3_and_full_embedding_copies(tmp_path: Path) -> N
     run_dir = _two_process_run(tmp_path, ZERO3, embedding_training="modules_to_save")
     report = json.loads((run_dir / "pretrain" / "report.json").read_text())
     assert report["deepspeed_zero_stage"] == 3 and report["export"]["max_logit_diff"] < 1e-3
+    # partitioned as it loaded: each process held about half of the base's parameters
+    whole = report["base_parameters"]
+    assert len(report["base_parameters_held_per_process"]) == 2
+    for held in report["base_parameters_held_per_process"]:
+        assert 0.45 * whole <= held <= 0.55 * whole, (held, whole)
     losses = logged_losses(run_dir)
     assert losses[12] < losses[1] - 0.2
 
