@@ -8,9 +8,10 @@
 protein pieces (``llamagene_tokenizer.json`` gives their range). The embedding matrix and the
 output layer grow to the merged size rounded up to a multiple of 64 (tensor-core friendly).
 Each new piece's row starts as the mean of the base rows of the tokens the *base* tokenizer
-splits the piece's letters into (``compose``): a DNA piece ``ACGTT`` starts where the base model
-already puts "ACGTT". ``mean`` starts every new row at the mean of all base rows (the usual
-recipe); padding rows beyond the tokenizer always get that mean.
+splits the piece's letters into inside a word (``compose``): a DNA piece ``ACGTT`` starts where
+the base model already puts "ACGTT" in running text (no word-start ``▁`` tokens). ``mean``
+starts every new row at the mean of all base rows (the usual recipe); padding rows beyond the
+tokenizer always get that mean.
 
 **Training the new rows.** ``trainable_tokens`` (the default) trains only the new rows (PEFT's
 ``trainable_token_indices``): the base rows of ``embed_tokens`` and ``lm_head`` stay
@@ -229,15 +230,15 @@ def embedding_matrices(model: PreTrainedModel) -> list[torch.Tensor]:
 
 
 def _base_ids(tokenizer: Any, piece: str, base_size: int) -> list[int]:
-    """The base tokenizer's ids for a new piece's letters (``\\ue000\\ue001`` -> "AC")."""
+    """The base tokenizer's ids for a new piece's letters (``\ue000\ue001`` -> "AC"), as
+    they are split *inside* a word: the BPE model itself runs on the letters, without the
+    normaliser or pre-tokeniser that would add the dummy prefix (``▁``), so the row starts
+    from the tokens of "...ACGT..." in running text, never from word-start tokens (``▁AC``)."""
     letters = from_model_text(piece).replace("\u2581", " ").strip()
-    if not letters:
+    if not letters or " " in letters:
         return []
-    ids = tokenizer(letters, add_special_tokens=False)["input_ids"]
-    prefix = tokenizer.convert_tokens_to_ids("\u2581")
-    if len(ids) > 1 and ids[0] == prefix:
-        ids = ids[1:]  # the dummy-prefix token carries no meaning of the piece
-    return [i for i in ids if i < base_size]
+    tokens = tokenizer.backend_tokenizer.model.tokenize(letters)
+    return [int(t.id) for t in tokens if int(t.id) < base_size]
 
 
 def attach_lora(

@@ -56,12 +56,34 @@ def test_grow_pads_rows_and_composes_new_rows(merged_tokenizer_dir: Path) -> Non
     tok = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
     piece_id = tok(to_model_text("ACGT", "dna"), add_special_tokens=False)["input_ids"][-1]
     letters = tok.decode([piece_id])
-    ids = tok(letters, add_special_tokens=False)["input_ids"]
-    ids = [i for i in ids if tok.convert_ids_to_tokens(i) != "\u2581"]
+    # inside a word: the base's split of "x" + letters, less the tokens of "x"
+    ids = tok("x" + letters, add_special_tokens=False)["input_ids"]
+    ids = ids[len(tok("x", add_special_tokens=False)["input_ids"]) :]
     assert torch.allclose(emb[piece_id], before[ids].mean(dim=0), atol=1e-6)
     # padding rows beyond the tokenizer hold the mean of the base rows
     if grown.rows > grown.tokenizer_size:
         assert torch.allclose(emb[-1], before.mean(dim=0), atol=1e-6)
+
+
+def test_compose_builds_no_row_from_word_start_tokens(merged_tokenizer_dir: Path) -> None:
+    """On the real mistral-common base (32,000 pieces): every new DNA and protein piece is
+    composed from the tokens its letters get inside a word, none starting with ``▁``."""
+    from transformers import AutoTokenizer
+
+    from llamagene.training.model import _base_ids
+
+    tok = AutoTokenizer.from_pretrained(str(merged_tokenizer_dir))
+    meta = tokenizer_meta(merged_tokenizer_dir)
+    new_ids = range(int(meta["base_vocab_size"]), int(meta["vocab_size"]))
+    composed = {i: _base_ids(tok, tok.convert_ids_to_tokens(i), 32000) for i in new_ids}
+    assert all(composed.values())
+    starts = [
+        (i, tok.convert_ids_to_tokens(j))
+        for i, ids in composed.items() for j in ids
+        if tok.convert_ids_to_tokens(j).startswith("\u2581")
+    ]  # fmt: skip
+    assert starts == []
+    assert len(composed) > 500  # DNA and protein pieces both
 
 
 def test_mean_init_gives_every_new_row_the_mean(merged_tokenizer_dir: Path) -> None:
