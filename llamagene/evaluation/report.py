@@ -190,6 +190,17 @@ def write_report(metrics: Mapping[str, Any], path: Path, charts: Sequence[Path])
         lines += [_row([m, f"{v['perplexity']:.2f}"]) for m, v in english["perplexity"].items()]
     else:
         lines.append("No held-out English text was given (`evaluate.english_text`).")
+    validation = metrics.get("pretrain_validation") or {}
+    if validation:
+        lines += [
+            "",
+            "Pretraining's final validation loss per source (mean token cross-entropy on "
+            "held-out records of each source; a rising English loss is forgetting):",
+            "",
+            _row(["source", "validation loss"]),
+            _row(["---", "---"]),
+        ]
+        lines += [_row([name, f"{loss:.4f}"]) for name, loss in validation.items()]
     if charts:
         lines += ["", "## Charts", ""]
         lines += [f"![{c.stem}]({c.parent.name}/{c.name})" for c in charts]

@@ -184,6 +184,7 @@ class Evaluate:
             "english": {"text": str(cfg.english_text) if cfg.english_text else None,
                         "tokens": len(english_ids) if english_ids is not None else 0,
                         "perplexity": perplexities},
+            "pretrain_validation": _pretrain_validation(ctx),
             "config": to_plain(cfg), "tasks": results,
         }  # fmt: skip
         out = ctx.out_dir
@@ -357,6 +358,18 @@ def _shown(task: EvalTask, value: Any) -> Any:
     if task.kind == "multilabel" and isinstance(value, frozenset):
         return sorted(labels[i] for i in value)
     return value
+
+
+def _pretrain_validation(ctx: StageContext) -> dict[str, float]:
+    """pretrain's final validation loss per source (DNA, protein, English), when it ran."""
+    if "pretrain" not in ctx.upstream_dirs:
+        return {}
+    path = ctx.upstream("pretrain") / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return dict(report.get("eval_loss_per_source") or {})
 
 
 def _loss_logs(ctx: StageContext) -> dict[str, Path]:

@@ -207,7 +207,8 @@ class Pretrain:
         write_text_atomic(ctx.out_dir / "corpus_stats.json", json.dumps(stats, indent=2) + "\n")
         write_json(ctx.out_dir / "report.json", {"corpus_key": corpus.key, **figures})
         write_json(ctx.out_dir / TIMINGS, timings)
-        kept = ("steps", "train_loss", "eval_loss", "processes", "trainable_parameters")
+        kept = ("steps", "train_loss", "eval_loss", "eval_loss_per_source", "processes",
+                "trainable_parameters")  # fmt: skip
         ctx.report.update(
             {k: figures[k] for k in kept}
             | {k: timings.get(k) for k in ("tokens_per_s", "resumed_from_step")}

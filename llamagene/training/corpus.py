@@ -7,8 +7,10 @@ Writes  ``<cache_dir>/<key[:16]>/``: ``train.bin`` and ``valid.bin`` (flat uint3
 
 1. Documents, each ``[bos] tokens [eos]``: text paragraphs, JSONL fields, FASTA windows, read
    and tokenized per source by :mod:`llamagene.training.documents`.
-2. Validation split, per document, before mixing (also there): by a hash, so the same on every
-   run and resume; the validation set is never mixed or repeated.
+2. Validation split, per record, before mixing (also there): by a hash, so the same on every
+   run and resume, and the windows of one FASTA record never straddle it; the validation set
+   is never mixed or repeated, and each source's validation documents are packed into blocks
+   of their own (``stats.json`` ``splits.valid.sources``), so its loss is measured alone.
 3. Mixing: each source gets ``weight / sum(weights)`` of the training tokens; documents are
    drawn (seeded) without replacement, and whole epochs plus a seeded partial epoch when a
    source has fewer tokens than its share.
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llamagene")
 
-FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
+FORMAT_VERSION = 2  # bump when the bytes written for the same inputs change
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _FLUSH_TOKENS = 1 << 22
 
@@ -99,6 +101,8 @@ class PackedBlocks:
     blocks: int
     real_tokens: int
     bos_id: int | None = None
+    first_block: int = 0
+    """Where these blocks start in the file (one source's validation blocks)."""
     _tokens: np.memmap[Any, Any] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -120,7 +124,8 @@ class PackedBlocks:
         if self.bos_id is None:
             self.bos_id = int(self._tokens[0])
         start = index * self.block_size
-        ids = torch.from_numpy(self._tokens[start : start + self.block_size].astype(np.int64))
+        at = (self.first_block + index) * self.block_size
+        ids = torch.from_numpy(self._tokens[at : at + self.block_size].astype(np.int64))
         real = max(0, min(self.block_size, self.real_tokens - start))
         starts = ids == self.bos_id
         starts[0] = True
@@ -149,7 +154,40 @@ class PackedCorpus:
     def dataset(self, split: Literal["train", "valid"]) -> PackedBlocks:
         blocks = self.train_blocks if split == "train" else self.valid_blocks
         real = self.stats["splits"][split]["real_tokens"]
+        if split == "valid" and self.stats["splits"]["valid"].get("sources"):
+            # blocks of several sources, each padded: no padding only at the end
+            return _Concat([*self.valid_by_source().values()])  # type: ignore[return-value]
         return PackedBlocks(self.dir / f"{split}.bin", self.block_size, blocks, real)
+
+    def valid_by_source(self) -> dict[str, PackedBlocks]:
+        """Each source's validation blocks (packed apart, so a block holds one source)."""
+        bos = self.stats.get("bos_id")
+        return {
+            name: PackedBlocks(
+                self.dir / "valid.bin", self.block_size, part["blocks"], part["real_tokens"],
+                bos_id=bos, first_block=part["first_block"],
+            )
+            for name, part in self.stats["splits"]["valid"].get("sources", {}).items()
+        }  # fmt: skip
+
+
+class _Concat:
+    """Datasets one after another (torch's ConcatDataset, without importing torch here)."""
+
+    def __init__(self, parts: list[PackedBlocks]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index < 0:
+            index += len(self)
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("block out of range")
 
 
 def prepare_corpus(
@@ -318,18 +356,31 @@ def _build(
     rng = np.random.default_rng(stable_seed(recipe.seed, "pack"))
     order = np.concatenate([_pairs(i, sources[i].train[p]) for i, p in enumerate(picked)])
     splits = {}
-    for split, rows in (
-        ("train", order[rng.permutation(len(order))]),
-        ("valid", np.concatenate([_pairs(i, s.valid) for i, s in enumerate(sources)])),
-    ):
-        real, padding = _pack(docs, rows, work / f"{split}.bin", block_size, tok.eos_token_id)
-        splits[split] = {
-            "documents": len(rows),
-            "blocks": (real + padding) // block_size,
-            "real_tokens": real,
-            "padding_tokens": padding,
-            "packing_efficiency": round(real / max(real + padding, 1), 6),
-        }
+    rows = order[rng.permutation(len(order))]
+    real, padding = _pack(docs, rows, work / "train.bin", block_size, tok.eos_token_id)
+    splits["train"] = _split_figures(len(rows), real, padding, block_size)
+    # validation: each source in blocks of its own, so its loss is measured alone
+    by_source: dict[str, Any] = {}
+    first = 0
+    with open(work / "valid.bin", "wb") as valid_file:
+        for i, source in enumerate(sources):
+            if not len(source.valid):
+                continue
+            part = work / f"valid-{i}.part"
+            real, padding = _pack(docs, _pairs(i, source.valid), part, block_size, tok.eos_token_id)
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, valid_file)
+            part.unlink()
+            figures = _split_figures(len(source.valid), real, padding, block_size)
+            by_source[source.name] = {"first_block": first, **figures}
+            first += figures["blocks"]
+    valid_real = sum(v["real_tokens"] for v in by_source.values())
+    valid_padding = sum(v["padding_tokens"] for v in by_source.values())
+    valid_docs = sum(v["documents"] for v in by_source.values())
+    splits["valid"] = {
+        **_split_figures(valid_docs, valid_real, valid_padding, block_size),
+        "sources": by_source,
+    }
     for name in stats:
         (work / f"{name}.tokens").unlink()
         (work / f"{name}.counts.json").unlink()
@@ -342,6 +393,7 @@ def _build(
         "valid_blocks": splits["valid"]["blocks"],
         **{k: train[k] for k in ("real_tokens", "padding_tokens", "packing_efficiency")},
         "splits": splits,
+        "bos_id": tok.bos_token_id,
         "total_tokens_requested": recipe.total_tokens,
         "sources": stats,
         "throughput": {"input_mb": round(mb, 3), "seconds": round(seconds, 2),
@@ -365,6 +417,16 @@ def _build(
                 f"tokens unused (the smallest source relative to its weight sets the size); "
                 f"set total_tokens or change the weights to use more"
             )
+
+
+def _split_figures(documents: int, real: int, padding: int, block_size: int) -> dict[str, Any]:
+    return {
+        "documents": documents,
+        "blocks": (real + padding) // block_size,
+        "real_tokens": real,
+        "padding_tokens": padding,
+        "packing_efficiency": round(real / max(real + padding, 1), 6),
+    }
 
 
 def _mix(

@@ -98,7 +98,8 @@ class DataRecipe(StrictModel):
     validation_fraction: float = Field(0.01, ge=0, lt=1)
     """Share of each source's documents held out (by hash: stable across runs and resumes)."""
     min_validation_documents: int = Field(1, ge=0)
-    """Hold out at least this many documents per source that has two or more."""
+    """Hold out at least this many records per source that has two or more (a FASTA record
+    with all its windows, a text paragraph, a JSONL line: records are never split)."""
     total_tokens: int | None = Field(None, ge=1)
     """Training tokens after mixing; None: the most for which no source repeats."""
 

@@ -12,10 +12,12 @@ Writes  ``<work>/<source>.tokens`` (every document's token ids back to back, uin
    lone dummy-prefix token ``▁`` SentencePiece puts before them is dropped, so every document is
    ``[bos] tokens [eos]``. Tokenization runs through ``datasets`` (``map``, ``num_proc``).
    Files are read as UTF-8, gzip or not; an error names the file and line (:class:`CorpusError`).
-2. Validation split, per document, before mixing: a document is held out when a hash of
-   (seed, source name, document index) falls under ``validation_fraction``, so the split is the
-   same on every run and resume (:func:`split_validation`). The validation set is never mixed or
-   repeated.
+2. Validation split, per record, before mixing: a record (a FASTA record with all its windows,
+   a text paragraph, a JSONL line) is held out when a hash of (seed, source name, record index)
+   falls under ``validation_fraction``, so the split is the same on every run and resume
+   (:func:`split_validation`), and neighbouring windows of one sequence never land in both
+   splits. A source of one record (one contig) has no validation documents. The validation set
+   is never mixed or repeated.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
         yield value, f"{path}:{lineno}"
 
 
-def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
+def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, Any]]:
     """A source's documents as rows (run by ``Dataset.from_generator``); counts to stats_path."""
     source = SourceConfig.model_validate(json.loads(source_json))
     files, seq = source.files(), SequenceStats()
@@ -108,6 +110,7 @@ def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
         "stopped_at": None,
         "unread_files": 0,
     }
+    records = 0  # records of earlier files: a record number is unique in the source
     for i, path in enumerate(files):
         if source.kind in ("dna", "protein"):
             policy = SequencePolicy(
@@ -115,10 +118,16 @@ def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
                 protein_hint=f"set kind: protein for source '{source.name}'",
             )  # fmt: skip
             windows = iter_windows(path, policy, source.window_chars, source.min_doc_chars, seq)
-            docs: Iterator[tuple[str, str]] = ((w.text, f"{w.path}:{w.line}") for w in windows)
+            docs: Iterator[tuple[str, str, str]] = (
+                (w.text, f"{w.path}:{w.line}", w.record_id) for w in windows
+            )
         else:
-            docs = _paragraphs(path) if source.kind == "text" else _jsonl(path, source.text_field)
-        for text, where in docs:
+            texts = _paragraphs(path) if source.kind == "text" else _jsonl(path, source.text_field)
+            docs = ((text, where, where) for text, where in texts)  # each its own record
+        record, last = -1, None
+        for text, where, record_key in docs:
+            if record_key != last:
+                record, last = record + 1, record_key
             if len(text) < source.min_doc_chars:
                 counts["dropped_short"] += 1
             elif source.max_chars is not None and counts["chars"] >= source.max_chars:
@@ -129,7 +138,8 @@ def _documents(source_json: str, stats_path: str) -> Iterator[dict[str, str]]:
             else:
                 counts["documents"] += 1
                 counts["chars"] += len(text)
-                yield {"text": text}
+                yield {"text": text, "record": records + record}
+        records += record + 1
         if counts["max_chars_reached"]:
             break
     counts["dropped_short"] += seq.dropped_short
@@ -166,8 +176,9 @@ def _tokenize(
 
 def _tokenize_source(
     source: SourceConfig, tokenizer_dir: Path, version: str, work: Path, num_proc: int
-) -> tuple[dict[str, Any], npt.NDArray[np.int64]]:
-    """Read and tokenize one source into ``work/<name>.tokens``: (counts, document offsets)."""
+) -> tuple[dict[str, Any], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Read and tokenize one source into ``work/<name>.tokens``: (counts, document offsets,
+    each document's record number)."""
     import datasets
     import numpy as np
 
@@ -179,7 +190,9 @@ def _tokenize_source(
     try:
         ds = datasets.Dataset.from_generator(
             _documents,
-            features=datasets.Features({"text": datasets.Value("string")}),
+            features=datasets.Features(
+                {"text": datasets.Value("string"), "record": datasets.Value("int64")}
+            ),
             gen_kwargs=kwargs,
             cache_dir=str(hf_dir),
             fingerprint=f"docs-{source.name}",
@@ -197,19 +210,26 @@ def _tokenize_source(
         remove_columns=["text"],
         cache_file_name=str(hf_dir / "tokens.arrow"),
         fn_kwargs={"tokenizer_dir": str(tokenizer_dir), "version": version, "kind": source.kind},
-        features=datasets.Features({"input_ids": datasets.List(datasets.Value("uint32"))}),
+        features=datasets.Features(
+            {
+                "input_ids": datasets.List(datasets.Value("uint32")),
+                "record": datasets.Value("int64"),
+            }
+        ),
         new_fingerprint=f"tok-{source.name}",
         desc=f"corpus: tokenizing {source.name}",
     )
-    lengths = []
+    lengths, records = [], []
     with open(work / f"{source.name}.tokens", "wb") as out:
         for table in ds.with_format("arrow").iter(batch_size=10_000):
             column = table.column("input_ids").combine_chunks()
             out.write(column.flatten().to_numpy().astype(np.uint32).tobytes())
             lengths.append(column.value_lengths().to_numpy())
+            records.append(table.column("record").to_numpy())
     del ds
     shutil.rmtree(hf_dir, ignore_errors=True)
-    return counts, np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    return counts, offsets, np.concatenate(records).astype(np.int64)
 
 
 # ---- 2. validation split ----------------------------------------------------------------------
@@ -223,7 +243,7 @@ def stable_seed(*parts: object) -> int:
 def split_validation(
     n: int, seed: int, name: str, fraction: float, min_docs: int
 ) -> npt.NDArray[np.bool_]:
-    """Which of ``n`` documents are held out: by a hash of (seed, name, index), no RNG state."""
+    """Which of ``n`` records are held out: by a hash of (seed, name, index), no RNG state."""
     import numpy as np
 
     offset = np.uint64(stable_seed(seed, name))
@@ -252,6 +272,8 @@ class SourceDocuments:
     train: npt.NDArray[np.int64]
     valid: npt.NDArray[np.int64]
     stats: dict[str, Any]
+    record: npt.NDArray[np.int64]
+    """Each document's record number (the split keeps records whole)."""
 
 
 def read_source(
@@ -265,20 +287,26 @@ def read_source(
     """Read, tokenize (into ``work/<name>.tokens``) and split one source of ``recipe``."""
     import numpy as np
 
-    counts, offsets = _tokenize_source(source, tokenizer_dir, version, work, num_proc)
+    counts, offsets, records = _tokenize_source(source, tokenizer_dir, version, work, num_proc)
     tokens = np.memmap(work / f"{source.name}.tokens", np.uint32, "r")
     lengths = np.diff(offsets)
-    valid = split_validation(
-        len(lengths), recipe.seed, source.name,
+    # whole records are held out: the windows of one FASTA record never straddle the split
+    numbers, record_of = np.unique(records, return_inverse=True)
+    held_out = split_validation(
+        len(numbers), recipe.seed, source.name,
         recipe.validation_fraction, recipe.min_validation_documents,
     )  # fmt: skip
+    valid = held_out[record_of]
     stats = {
         **counts,
+        "records": len(numbers),
+        "valid_records": int(held_out.sum()),
         "tokens": int(lengths.sum()),
         "valid_documents": int(valid.sum()),
         "valid_tokens": int(lengths[valid].sum()),
         "train_tokens_available": int(lengths[~valid].sum()),
     }
     return SourceDocuments(
-        source.name, tokens, offsets, np.flatnonzero(~valid), np.flatnonzero(valid), stats
-    )
+        source.name, tokens, offsets, np.flatnonzero(~valid), np.flatnonzero(valid), stats,
+        record_of,
+    )  # fmt: skip

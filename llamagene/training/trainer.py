@@ -31,8 +31,15 @@ class TrainingData:
 
     train: Any
     valid: Any
+    """One dataset, or one per source (a pretraining corpus: DNA, protein, English...), each
+    then evaluated apart (``eval_<source>_loss``) and ``eval_loss`` over all of them."""
     collator: Any
     padded: bool
+
+    @property
+    def valid_rows(self) -> int:
+        parts = self.valid.values() if isinstance(self.valid, dict) else [self.valid]
+        return sum(len(p) for p in parts)
 
 
 def open_data(spec: TrainSpec) -> TrainingData:
@@ -44,9 +51,8 @@ def open_data(spec: TrainSpec) -> TrainingData:
         from llamagene.training.corpus import open_corpus
 
         corpus = open_corpus(Path(spec.data_dir))
-        return TrainingData(
-            corpus.dataset("train"), corpus.dataset("valid"), default_data_collator, False
-        )
+        valid = corpus.valid_by_source() or corpus.dataset("valid")
+        return TrainingData(corpus.dataset("train"), valid, default_data_collator, False)
     from llamagene.prompt_format import PromptFormat
     from llamagene.training.collate import PackedCollator, PaddedCollator
     from llamagene.training.sft_data import open_sft
@@ -94,6 +100,28 @@ def make_trainer(
                 optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args)
                 self.optimizer = optimizer_cls(groups, **kwargs)
             return super().create_optimizer(model)
+
+        def evaluate(
+            self,
+            eval_dataset: Any = None,
+            ignore_keys: list[str] | None = None,
+            metric_key_prefix: str = "eval",
+        ) -> dict[str, float]:
+            """Per source when the validation set is one per source, then ``eval_loss``: their
+            mean weighted by blocks (what one pass over all the blocks gives)."""
+            parts: Any = self.eval_dataset if eval_dataset is None else eval_dataset
+            if not isinstance(parts, dict) or metric_key_prefix != "eval":
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            metrics: dict[str, float] = {}
+            weighted, blocks = 0.0, 0
+            for name, part in parts.items():
+                found = super().evaluate(part, ignore_keys, f"eval_{name}")
+                metrics.update(found)
+                weighted += found[f"eval_{name}_loss"] * len(part)
+                blocks += len(part)
+            metrics["eval_loss"] = weighted / max(blocks, 1)
+            self.log({"eval_loss": metrics["eval_loss"]})
+            return metrics
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
@@ -164,7 +192,7 @@ def make_trainer(
         args=args,
         data_collator=data.collator,
         train_dataset=data.train,
-        eval_dataset=data.valid if len(data.valid) else None,
+        eval_dataset=data.valid if data.valid_rows else None,
         callbacks=callbacks,
     )
     trainer.llamagene_stop = stop  # type: ignore[attr-defined]

@@ -150,10 +150,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     if spec.deepspeed_config is not None and not on_gpu:
         _avoid_deepspeed_jit()
     data = open_data(spec)
-    valid_data = data.valid
 
     checkpoints = work_dir / CHECKPOINTS_DIR
-    keep_best = settings.keep_best_checkpoint and len(valid_data) > 0
+    keep_best = settings.keep_best_checkpoint and data.valid_rows > 0
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=plan.micro_batch,
@@ -175,7 +174,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         save_strategy="steps",
         save_steps=settings.save_every_steps,
         save_total_limit=settings.keep_checkpoints,
-        eval_strategy="steps" if len(valid_data) else "no",
+        eval_strategy="steps" if data.valid_rows else "no",
         eval_steps=settings.eval_every_steps,
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
@@ -256,7 +255,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             write_text_atomic(stopped_file, json.dumps({"step": stopped}) + "\n")
         return {"stopped_at_step": stopped}
     metrics: dict[str, Any] = {}
-    if len(valid_data):
+    if data.valid_rows:
         metrics.update(trainer.evaluate())
     steps = trainer.state.global_step
     figures = {
@@ -268,6 +267,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "deepspeed_zero_stage": zero_stage(spec.deepspeed_config),
         "train_loss": round(_mean_train_loss(trainer.state.log_history, result.training_loss), 6),
         "eval_loss": round(float(metrics["eval_loss"]), 6) if "eval_loss" in metrics else None,
+        "eval_loss_per_source": {
+            key[len("eval_") : -len("_loss")]: round(float(value), 6)
+            for key, value in sorted(metrics.items())
+            if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss"
+        },
         "trainable_parameters": trainable,
         "total_parameters": total,
         "base_parameters": base_parameters,

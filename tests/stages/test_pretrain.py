@@ -73,6 +73,16 @@ def test_loss_falls_and_outputs_are_complete(reference: Path) -> None:
     records = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s" in r for r in records)
     assert any("eval_loss" in r for r in records)
+    # validation loss per source: each source has blocks of its own
+    per_source = report["eval_loss_per_source"]
+    assert sorted(per_source) == ["dna", "english", "protein"]
+    for source in per_source:
+        assert any(f"eval_{source}_loss" in r for r in records)
+    blocks = json.loads((out / "corpus_stats.json").read_text())["splits"]["valid"]["sources"]
+    mean = sum(per_source[s] * blocks[s]["blocks"] for s in blocks) / sum(
+        b["blocks"] for b in blocks.values()
+    )
+    assert report["eval_loss"] == pytest.approx(mean, abs=1e-5)
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert not (reference / ".work" / "pretrain").exists()  # checkpoints go once it succeeds
     statuses = load_pipeline(reference.parent / "pipeline.yaml").status()

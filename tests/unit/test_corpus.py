@@ -48,10 +48,22 @@ def _docs(source: dict[str, Any], tmp_path: Path) -> tuple[list[str], dict[str, 
     return docs, json.loads(stats.read_text())
 
 
-def _token_docs(corpus: PackedCorpus, split: str) -> list[list[int]]:
-    """The documents of a split, cut at each eos (padding removed)."""
+def _token_docs(corpus: PackedCorpus, split: str, source: str | None = None) -> list[list[int]]:
+    """The documents of a split (or of one source's validation blocks), cut at each eos,
+    padding removed."""
     tokens = np.fromfile(corpus.dir / f"{split}.bin", dtype=np.uint32)
-    tokens = tokens[: corpus.stats["splits"][split]["real_tokens"]].tolist()
+    parts = corpus.stats["splits"][split].get("sources")
+    if parts is None:
+        return _cut(tokens[: corpus.stats["splits"][split]["real_tokens"]].tolist())
+    docs = []
+    for name, part in parts.items():
+        if source in (None, name):
+            start = part["first_block"] * corpus.block_size
+            docs += _cut(tokens[start : start + part["real_tokens"]].tolist())
+    return docs
+
+
+def _cut(tokens: list[int]) -> list[list[int]]:
     docs, current = [], []
     for t in tokens:
         current.append(t)
@@ -219,6 +231,38 @@ def test_validation_documents_are_never_mixed(mixed: PackedCorpus) -> None:
     assert all(s["valid_documents"] >= 1 for s in sources.values())
     train = {tuple(d) for d in _token_docs(mixed, "train")}
     assert not train & {tuple(d) for d in valid}
+
+
+def test_each_source_has_validation_blocks_of_its_own(mixed: PackedCorpus) -> None:
+    """So the validation loss of each source (DNA, protein, English) is measured alone."""
+    parts = mixed.valid_by_source()
+    assert list(parts) == ["dna", "protein", "english", "notes"]
+    assert sum(len(p) for p in parts.values()) == mixed.valid_blocks == len(mixed.dataset("valid"))
+    for name, blocks in parts.items():
+        want = _token_docs(mixed, "valid", name)
+        assert len(want) == mixed.stats["sources"][name]["valid_documents"]
+        got = np.concatenate([blocks[i]["input_ids"].numpy() for i in range(len(blocks))])
+        real = mixed.stats["splits"]["valid"]["sources"][name]["real_tokens"]
+        assert _cut(got[:real].tolist()) == want
+        last = blocks[len(blocks) - 1]
+        assert (last["labels"][real - (len(blocks) - 1) * mixed.block_size :] == -100).all()
+
+
+def test_the_windows_of_one_record_never_straddle_the_split(
+    tmp_path: Path, merged_tokenizer_dir: Path
+) -> None:
+    from llamagene.training.documents import read_source
+
+    source = {"name": "dna", "kind": "dna", "paths": [str(GENES_A), str(GENES_B)],
+              "window_chars": 100}  # fmt: skip
+    recipe = _recipe(tmp_path, [source], validation_fraction=0.3)
+    (tmp_path / "work").mkdir()
+    docs = read_source(recipe.sources[0], recipe, merged_tokenizer_dir, "v", tmp_path / "work", 1)
+    records = docs.record
+    assert len(np.unique(records)) < len(records)  # records of several windows
+    valid, train = set(records[docs.valid].tolist()), set(records[docs.train].tolist())
+    assert valid and train and not valid & train
+    assert docs.stats["valid_records"] == len(valid) and docs.stats["records"] == len(valid | train)
 
 
 def test_documents_are_bos_tokens_eos_without_dummy_prefix(mixed: PackedCorpus) -> None:

@@ -96,3 +96,17 @@ def test_gue_rows_show_published_references_and_template_medians(tmp_path: Path)
     charts = write_charts(metrics, tmp_path / "charts", {})
     assert [c.name for c in charts] == ["scores.png"] and charts[0].stat().st_size > 1000
     json.dumps(metrics)  # everything the report reads is plain JSON
+
+
+def test_pretraining_validation_loss_per_source_is_reported(tmp_path: Path) -> None:
+    task = _task("t/one", [1, 0], ["a"])
+    entry = task_results(
+        task, {"tuned": [_pred(1, "yes"), _pred(0, "no")]}, [], regression_fallback=None,
+        per_template=False, resamples=10, seed=0,
+    )  # fmt: skip
+    metrics = _metrics({"t/one": entry | {"references": []}})
+    assert "validation loss per source" not in write_report(metrics, tmp_path / "a.md", [])
+    metrics["pretrain_validation"] = {"dna": 1.25, "english": 3.5, "protein": 2.0}
+    text = write_report(metrics, tmp_path / "b.md", [])
+    assert "Pretraining's final validation loss per source" in text
+    assert "| english | 3.5000 |" in text and "| dna | 1.2500 |" in text
