@@ -70,3 +70,24 @@ def padding_share(lengths: Sequence[Sequence[int]]) -> float:
     real = sum(sum(batch) for batch in lengths)
     total = sum(max(batch) * len(batch) for batch in lengths if batch)
     return 1 - real / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class FlatBlocksCollator:
+    """Corpus blocks -> one row of ``micro batch x block_size`` tokens, for FlashAttention:
+    transformers reads packed documents from restarting ``position_ids`` only in a batch of one
+    row (with several, FlashAttention would let documents attend to each other). Each block
+    starts at position 0, so no block sees another; the first label of every block becomes
+    -100, so no block's last token is trained to predict the next block's first (in separate
+    rows that prediction does not exist): the loss is that of the unflattened batch."""
+
+    def __call__(self, blocks: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        labels = torch.stack([b["labels"] for b in blocks]).clone()
+        labels[:, 0] = IGNORE
+        return {
+            "input_ids": torch.cat([b["input_ids"] for b in blocks]).unsqueeze(0),
+            "labels": labels.reshape(1, -1),
+            "position_ids": torch.cat([b["position_ids"] for b in blocks]).unsqueeze(0),
+        }

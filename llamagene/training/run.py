@@ -43,7 +43,12 @@ NOT_IN_KEY = ("data_workers", "cache_dir", "export_merged")
 #: Training settings that change when checkpoints are written and figures logged, not the weights
 #: trained (resume is bit-exact): a killed run resumes after they change. ``eval_every_steps``
 #: stays in the key when ``keep_best_checkpoint`` picks the export by dev loss.
-NOT_IN_KEY_TRAINING = ("save_every_steps", "keep_checkpoints", "log_every_steps")
+NOT_IN_KEY_TRAINING = (
+    "save_every_steps", "keep_checkpoints", "log_every_steps",
+    # how the same sums are computed (equal to float rounding): a run may resume with another
+    # attention kernel, with the loss in chunks, or compiled
+    "attn_implementation", "loss_chunk_tokens", "torch_compile",
+)  # fmt: skip
 #: Figures that differ between identical runs; ``logs/`` is volatile too.
 TIMINGS = "timings.json"
 

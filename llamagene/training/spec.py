@@ -15,6 +15,7 @@ from llamagene.manifest import write_text_atomic
 from llamagene.training.model import EmbeddingInit, EmbeddingTraining
 
 Precision = Literal["auto", "bf16", "fp32"]
+AttentionImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"]
 #: Fault injection for resume tests: SIGKILL this process right after the checkpoint of this step.
 KILL_AFTER_SAVE_ENV = "LLAMAGENE_KILL_AFTER_SAVE_STEP"
 #: A file whose appearance asks training to save a checkpoint and stop (a SLURM job's signal
@@ -75,6 +76,16 @@ class TrainSettings(StrictModel):
     kept through checkpoint rotation; needs ``save_every_steps`` a multiple of
     ``eval_every_steps``)."""
     log_every_steps: int = Field(10, ge=1)
+    attn_implementation: AttentionImplementation = "sdpa"
+    """``sdpa`` (PyTorch's fused attention), ``eager``, or FlashAttention
+    (``flash_attention_2`` / ``_3``, where ``flash-attn`` is installed and the GPU supports
+    it; corpus blocks are then flattened into one row per micro batch)."""
+    loss_chunk_tokens: int | None = Field(None, ge=1)
+    """Compute the loss this many tokens at a time (:mod:`.loss`): the logits of a ~90k-row
+    vocabulary are then never whole (a micro batch of 8 x 1,024 tokens saves ~7 GB); the loss
+    and gradients are the same to float rounding. None: transformers' loss."""
+    torch_compile: bool = False
+    """Compile the model with ``torch.compile`` (a slow first step, then faster ones)."""
     seed: int = 42
     """Seeds data order, dropout and LoRA initialisation."""
 

@@ -52,7 +52,12 @@ def open_data(spec: TrainSpec) -> TrainingData:
 
         corpus = open_corpus(Path(spec.data_dir))
         valid = corpus.valid_by_source() or corpus.dataset("valid")
-        return TrainingData(corpus.dataset("train"), valid, default_data_collator, False)
+        collator: Any = default_data_collator
+        if str(spec.train.get("attn_implementation", "sdpa")).startswith("flash_attention"):
+            from llamagene.training.collate import FlatBlocksCollator
+
+            collator = FlatBlocksCollator()
+        return TrainingData(corpus.dataset("train"), valid, collator, False)
     from llamagene.prompt_format import PromptFormat
     from llamagene.training.collate import PackedCollator, PaddedCollator
     from llamagene.training.sft_data import open_sft

@@ -47,6 +47,7 @@ from llamagene.training.checkpoints import (
     resume_checkpoint,
     trim_metrics,
 )
+from llamagene.training.loss import check_attention, use_chunked_loss
 from llamagene.training.model import (
     GrownVocab,
     LoraSettings,
@@ -149,6 +150,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if spec.deepspeed_config is not None and not on_gpu:
         _avoid_deepspeed_jit()
+    check_attention(settings.attn_implementation)  # before any weights load
     data = open_data(spec)
 
     checkpoints = work_dir / CHECKPOINTS_DIR
@@ -189,6 +191,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        torch_compile=settings.torch_compile,
     )
     # the process group now: ZeRO-3's partitioned loading below reads the world size from it
     args._setup_devices  # noqa: B018 - a cached property: touching it sets the group up
@@ -205,6 +208,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
     dtype = torch.bfloat16 if precision == "bf16" and on_gpu else torch.float32
     base = build_model(spec.model, work_dir, dtype)  # partitioned as it loads under ZeRO-3
+    base.set_attn_implementation(settings.attn_implementation)
     held_here, base_parameters = held_parameters(base)
     held = _per_process(held_here)
     log.info("base model: %s parameters; held per process after loading: %s",
@@ -217,6 +221,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     # no cache in training: with one, transformers would not build the block-diagonal mask
     # of packed rows (position ids restarting, no attention mask) and rows would see each other
     model.config.use_cache = False
+    if settings.loss_chunk_tokens:
+        use_chunked_loss(model, settings.loss_chunk_tokens)
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()  # trainable weights keep fp32 master values

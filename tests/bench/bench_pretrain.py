@@ -4,6 +4,7 @@ Run from the repository root (``--quick`` is a ~2 minute smoke test of every sec
 
     .venv/bin/python tests/bench/bench_pretrain.py [--quick] [--section NAME ...]
                                                    [--data-mb 40] [--out results.json]
+                                                   [--gpu-part stage|options|compile ...]
 
 Sections (all by default; ``gpu`` only where CUDA is present, or with ``--gpu-smoke``):
 
@@ -18,10 +19,20 @@ init     new-row initialisation ``compose`` vs ``mean`` on early loss. A tiny ba
          pretrained on English and on DNA / protein written as plain letters with the *base*
          tokenizer (so it knows what "ACGT" is), then grown to the merged vocabulary both ways
          and trained on the demo corpus; prints the loss before training and over early steps.
-gpu      tokens/s, peak memory and MFU for a ~1.1B-parameter LLaMA (22 layers, hidden 2048, the
-         ~91.6k vocabulary of llama-gene), LoRA r=8 on every projection + embedding copies,
-         bf16, one GPU. Goal: MFU >= 35% on an H100. ``--gpu-smoke`` runs the same code on the
-         CPU with a tiny config, to check it, not to measure.
+gpu      tokens/s, peak memory (``torch.cuda.max_memory_allocated``) and MFU for a ~1.1B-
+         parameter LLaMA (22 layers, hidden 2048, the ~91.6k vocabulary of llama-gene), LoRA r=8
+         on every projection, the new embedding rows trained, bf16, one GPU, micro batch 8 x
+         1,024 tokens of packed documents. First the stage's own worker (HF Trainer) at its
+         defaults; then, in a plain loop, each option: the loss standard or chunked
+         (``llamagene.training.loss``; micro x seq x vocab fp32 logits are GBs), attention sdpa
+         or FlashAttention 2 / 3 where installed, and torch.compile off / on (the baseline and
+         the fastest uncompiled mix). MFU twice: by the 6N convention (6 x all parameters x
+         tokens/s / the device's dense bf16 peak, which overstates LoRA's work: its backward
+         skips the frozen weights' gradients) and by the FLOPs LoRA training does. The peak
+         comes from a table by device name (989.4 TFLOP/s for H100 / H200 SXM) or
+         ``--peak-tflops``. Goal: MFU >= 35% on an H100. Skipped, and says so, without CUDA;
+         ``--gpu-smoke`` runs the same code on the CPU with a tiny config, to check it, not to
+         measure (compile there traces with ``aot_eager`` and generates no code).
 
 Every figure is printed with the machine it ran on and kept in ``--out`` (JSON).
 """
@@ -49,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from llamagene.cli import DEMO_PIPELINE  # noqa: E402
 from llamagene.config import resolve_package_path  # noqa: E402
 from llamagene.pipeline import load_pipeline  # noqa: E402
+from llamagene.training.model import LLAMA_PROJECTIONS as LLAMA_LORA_TARGETS  # noqa: E402
 
 PYHMMER_SEQS = "pkg://pyhmmer/tests/data/seqs/"
 DNA_FILES = ("1390.SAMEA104415756.OFHT01000022.fna", "CP040672.1.genes_100.fna")
@@ -59,9 +71,17 @@ SMALL_MODEL = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers"
 #: ~1.1B parameters (TinyLlama's shape) with llama-gene's 91,598-token merged vocabulary.
 GPU_MODEL = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
              "num_attention_heads": 32, "num_key_value_heads": 4}  # fmt: skip
-GPU_VOCAB = 91_598
-#: Dense bf16 peak of one GPU, TFLOP/s (vendor datasheets).
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+GPU_SMOKE_MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+GPU_BASE_VOCAB, GPU_VOCAB = 32_000, 91_598
+GPU_EMBEDDING_TRAINING = "trainable_tokens"  # the stage's default: the new rows train
+GPU_BLOCK, GPU_MICRO = 1024, 8
+GPU_STEPS, GPU_WARMUP = 20, 3
+GPU_LOSS_CHUNK_TOKENS = 2048
+#: Dense bf16 peak of one GPU, TFLOP/s (vendor datasheets, without sparsity); the first key
+#: found in the device name wins, so the PCIe and NVL parts come before the SXM ones.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.5, "H200 NVL": 835.5, "H100": 989.4,
+               "H200": 989.4, "A100": 312.0}  # fmt: skip
 
 
 def main() -> int:
@@ -71,6 +91,13 @@ def main() -> int:
     parser.add_argument("--data-mb", type=float, default=40.0, help="MB of DNA for 'prepare'")
     parser.add_argument("--gpu-smoke", action="store_true", help="run 'gpu' on the CPU, tiny")
     parser.add_argument("--peak-tflops", type=float, help="override the GPU's bf16 peak")
+    parser.add_argument(
+        "--gpu-part",
+        action="append",
+        choices=["stage", "options", "compile"],
+        help="parts of 'gpu' to run (default all): the stage's worker, the uncompiled options, "
+        "the compiled runs (each compile takes minutes: the 59.6k new-row ids are traced)",
+    )
     parser.add_argument("--work-dir", type=Path, help="keep the files here (default: temp)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
@@ -81,7 +108,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": _machine()}
     print(f"machine: {results['machine']}\nwork dir: {work}")
-    tokenizer_run = _demo_tokenizer(work / "tokenizer_run")
+    needs_tokenizer = {"prepare", "train", "init"} & set(sections)
+    tokenizer_run = _demo_tokenizer(work / "tokenizer_run") if needs_tokenizer else work
     if "prepare" in sections:
         mb = 2.0 if args.quick else args.data_mb
         results["prepare"] = bench_prepare(work / "prepare", tokenizer_run, mb)
@@ -90,7 +118,8 @@ def main() -> int:
     if "init" in sections:
         results["init"] = bench_init(work / "init", tokenizer_run, quick=args.quick)
     if "gpu" in sections:
-        results["gpu"] = bench_gpu(work / "gpu", args.gpu_smoke, args.peak_tflops)
+        parts = set(args.gpu_part or ["stage", "options", "compile"])
+        results["gpu"] = bench_gpu(work / "gpu", args.gpu_smoke, args.peak_tflops, parts)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.out}")
@@ -368,26 +397,51 @@ def _initial_loss(base_dir: Path, run_dir: Path, init: str) -> float:
     return sum(losses) / len(losses)
 
 
-def bench_gpu(work: Path, smoke: bool, peak_override: float | None) -> dict[str, Any]:
-    import numpy as np
+def bench_gpu(
+    work: Path, smoke: bool, peak_override: float | None, parts: set[str]
+) -> dict[str, Any]:
+    """The stage's own loop at its defaults, then each speed option in a plain loop."""
     import torch
-
-    from llamagene.training.spec import ModelSpec, TrainSpec
-    from llamagene.training.worker import train
 
     if not torch.cuda.is_available() and not smoke:
         print("gpu: skipped (no CUDA device; --gpu-smoke checks the code on the CPU)")
         return {"skipped": "no CUDA device"}
-    model_cfg = GPU_MODEL if not smoke else {"hidden_size": 64, "intermediate_size": 128,
-                                             "num_hidden_layers": 2, "num_attention_heads": 4,
-                                             "num_key_value_heads": 2}  # fmt: skip
-    block, micro, steps = (1024, 8, 30) if not smoke else (64, 2, 4)
+    model_cfg = GPU_MODEL if not smoke else GPU_SMOKE_MODEL
+    name = torch.cuda.get_device_name(0) if not smoke else "CPU (smoke: not a measurement)"
+    peak, peak_source = _peak_tflops(name, peak_override)
+    print(f"gpu: device {name}; peak dense bf16 {peak_source}")
+    result: dict[str, Any] = {"device": name, "peak_tflops": peak, "peak_source": peak_source}
+    if "stage" in parts:
+        result["stage"] = _gpu_stage_run(work, model_cfg, smoke, peak)
+    if parts & {"options", "compile"}:
+        result["options"] = _gpu_option_runs(model_cfg, smoke, peak, parts)
+    return result
+
+
+def _peak_tflops(device: str, override: float | None) -> tuple[float | None, str]:
+    if override:
+        return override, f"{override} TFLOP/s (--peak-tflops)"
+    for key, value in PEAK_TFLOPS.items():
+        if key in device:
+            return value, f"{value} TFLOP/s (datasheet figure for {key!r})"
+    return None, "unknown for this device: no MFU (give --peak-tflops)"
+
+
+def _gpu_stage_run(work: Path, model_cfg: dict[str, Any], smoke: bool, peak: float | None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """The pretrain stage's worker (HF Trainer) at its defaults, on a synthetic corpus."""
+    import numpy as np
+
+    from llamagene.training.spec import ModelSpec, TrainSpec
+    from llamagene.training.worker import train
+
+    block, micro, steps = (GPU_BLOCK, GPU_MICRO, 30) if not smoke else (64, 2, 4)
     work.mkdir(parents=True, exist_ok=True)
     # Speed does not depend on which tokens: a synthetic corpus and tokenizer record suffice
     tok_dir = work / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
     (tok_dir / "llamagene_tokenizer.json").write_text(
-        json.dumps({"base_vocab_size": 32000, "vocab_size": GPU_VOCAB})
+        json.dumps({"base_vocab_size": GPU_BASE_VOCAB, "vocab_size": GPU_VOCAB})
     )
     corpus_dir = work / "corpus"
     corpus_dir.mkdir(exist_ok=True)
@@ -401,64 +455,244 @@ def bench_gpu(work: Path, smoke: bool, peak_override: float | None) -> dict[str,
         "splits": {"train": {"real_tokens": blocks * block}, "valid": {"real_tokens": 0}},
     }))  # fmt: skip
     spec = TrainSpec(
-        model=ModelSpec(
-            None,
-            model_cfg,
-            0,
-            str(tok_dir),
-            "mean",
-            "modules_to_save",
-            {"r": 8, "alpha": 32, "dropout": 0.05},
-        ),
-        train={
-            "max_steps": steps,
-            "micro_batch_size": micro,
-            "global_batch_size": micro,
-            "precision": "bf16" if not smoke else "fp32",
-            "gradient_checkpointing": False,
-            "log_every_steps": 5 if not smoke else 1,
-            "eval_every_steps": 10_000,
-            "save_every_steps": 10_000,
-        },
-        corpus_dir=str(corpus_dir),
+        model=ModelSpec(None, model_cfg, 0, str(tok_dir), "mean", GPU_EMBEDDING_TRAINING,
+                        {"r": 8, "alpha": 32, "dropout": 0.05}),
+        train={"max_steps": steps, "micro_batch_size": micro, "global_batch_size": micro,
+               "precision": "bf16" if not smoke else "fp32", "gradient_checkpointing": False,
+               "log_every_steps": 5 if not smoke else 1, "eval_every_steps": 10_000,
+               "save_every_steps": 10_000},
+        data_dir=str(corpus_dir),
         work_dir=str(work / "run"),
-    )
+    )  # fmt: skip
     figures = train(spec)
     history = [
         json.loads(x) for x in (work / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
     ]
     rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h][1:]  # drop warm-up
     tokens_per_s = sum(rates) / len(rates) if rates else figures["tokens_per_s"]
+    lora = _lora_parameters(model_cfg, 8)
+    flops = _flops_per_token(model_cfg, block, figures["total_parameters"], lora)
+    result = {
+        "loop": "the pretrain worker (HF Trainer): standard loss, sdpa, no compile",
+        "block_size": block, "micro_batch": micro, "steps": steps,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_gpu_memory_gb": figures["peak_gpu_memory_gb"],
+        "parameters": figures["total_parameters"],
+        "trainable_parameters": figures["trainable_parameters"],
+    }  # fmt: skip
+    result |= _mfu(tokens_per_s, flops, peak)
+    print(f"gpu: the stage's worker (Trainer; standard loss, sdpa, no compile): "
+          f"{tokens_per_s:,.0f} tokens/s, peak {figures['peak_gpu_memory_gb']} GB"
+          f"{_mfu_text(result)}")  # fmt: skip
+    return result
+
+
+def _gpu_option_runs(model_cfg: dict[str, Any], smoke: bool, peak: float | None,
+                     parts: set[str]) -> dict[str, Any]:  # fmt: skip
+    """Each option in a plain training loop (what the worker does, without the Trainer):
+    loss standard / chunked x attention sdpa / FlashAttention where installed, without
+    torch.compile; then compiled, the baseline and the fastest uncompiled mix."""
+    import gc
+
+    import torch
+    import transformers
+
+    from llamagene.errors import StageError
+    from llamagene.training.loss import check_attention
+
+    gc.collect()  # the stage run's model and optimizer, before the peaks are measured
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    block, micro = (GPU_BLOCK, GPU_MICRO) if not smoke else (64, 2)
+    steps, warmup = (GPU_STEPS, GPU_WARMUP) if not smoke else (2, 1)
+    chunk = GPU_LOSS_CHUNK_TOKENS if not smoke else 32
+    backend = "inductor" if not smoke else "aot_eager"  # smoke: trace, do not generate code
+    attentions = ["sdpa"]
+    skipped: dict[str, str] = {}
+    for impl in ("flash_attention_2", "flash_attention_3"):
+        try:
+            check_attention(impl)
+            attentions.append(impl)
+        except StageError as err:
+            skipped[impl] = str(err)
+    conditions = (
+        f"{'bf16 base + fp32 trainable weights under bf16 autocast' if not smoke else 'fp32'}, "
+        f"LoRA r=8 on {len(LLAMA_LORA_TARGETS)} projections, new embedding rows trained "
+        f"({GPU_EMBEDDING_TRAINING}), fused AdamW, grad clipping, no activation checkpointing; "
+        f"micro batch {micro} x {block} tokens of synthetic documents (1-{block} tokens, "
+        f"positions restart, first label -100); FlashAttention gets the {micro} rows flattened "
+        f"into one (it sees packed documents only so); chunked loss: {chunk} tokens a chunk; "
+        f"{warmup} warm-up + {steps} timed steps; compile: torch.compile(model, "
+        f"backend={backend!r}); torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+    print(f"gpu: options: {conditions}")
+    for impl, why in skipped.items():
+        print(f"gpu: options: {impl} not measured: {why}")
+    plan = [(loss, impl, False) for impl in attentions for loss in ("standard", "chunked")]
+    runs: list[dict[str, Any]] = []
+    for loss, impl, compiled in plan if "options" in parts else []:
+        runs.append(_gpu_option_run(model_cfg, smoke, loss, impl, compiled, backend, chunk,
+                                    block, micro, steps, warmup, peak))  # fmt: skip
+    # compiled: the baseline, and the fastest uncompiled mix (without those runs: chunked with
+    # the newest attention installed)
+    best = max(runs, key=lambda r: r["tokens_per_s"], default=None)
+    mix = (best["loss"], best["attention"]) if best else ("chunked", attentions[-1])
+    for loss, impl in dict.fromkeys([("standard", "sdpa"), mix]) if "compile" in parts else []:
+        runs.append(_gpu_option_run(model_cfg, smoke, loss, impl, True, backend, chunk,
+                                    block, micro, steps, warmup, peak))  # fmt: skip
+    print(f"{'loss':<9} {'attention':<18} {'compile':<8} {'tokens/s':>10} {'peak GB':>8} "
+          f"{'MFU 6N':>7} {'MFU work':>9} {'loss at end':>12}")  # fmt: skip
+    for r in runs:
+        print(f"{r['loss']:<9} {r['attention']:<18} {'on' if r['compile'] else 'off':<8} "
+              f"{r['tokens_per_s']:>10,.0f} {r['peak_gpu_memory_gb']:>8.2f} "
+              f"{_pct(r.get('mfu_6n')):>7} {_pct(r.get('mfu_work')):>9} "
+              f"{r['final_loss']:>12.4f}")  # fmt: skip
+    print("gpu: MFU 6N = 6 x all parameters x tokens/s / peak (the usual convention; it counts "
+          "a weight gradient for every weight, but LoRA's backward skips those of the frozen "
+          "weights, and the input embedding does no matmul, so it overstates the work done); "
+          "MFU work = the FLOPs this LoRA training does (see _flops_per_token). Neither counts "
+          "the chunked loss's recomputed lm_head forward.")  # fmt: skip
+    return {"conditions": conditions, "not_measured": skipped, "runs": runs}
+
+
+def _gpu_option_run(model_cfg: dict[str, Any], smoke: bool, loss: str, impl: str,
+                    compiled: bool, backend: str, chunk: int, block: int, micro: int,
+                    steps: int, warmup: int, peak: float | None) -> dict[str, Any]:  # fmt: skip
+    import gc
+
+    import torch
+
+    from llamagene.training.loss import use_chunked_loss
+    from llamagene.training.model import LoraSettings, attach_lora, build_base_model
+
+    device = torch.device("cuda" if not smoke else "cpu")
+    bf16 = not smoke
+    rows = -(-GPU_VOCAB // 64) * 64
+    with device:
+        base = build_base_model(None, model_cfg, 0, rows, torch.bfloat16 if bf16 else None)
+    base.set_attn_implementation(impl)
+    torch.manual_seed(0)
+    new_ids = list(range(GPU_BASE_VOCAB, GPU_VOCAB))
+    model = attach_lora(base, LoraSettings(), new_ids, GPU_EMBEDDING_TRAINING)
+    model.config.use_cache = False
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()  # as the worker: fp32 master values
+    if loss == "chunked":
+        use_chunked_loss(model, chunk)
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
+    runner = torch.compile(model, backend=backend) if compiled else model
+    batches = [_synthetic_batch(block, micro, seed, flat=impl != "sdpa", device=device)
+               for seed in range(4)]  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = first_step = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = runner(**batches[step % len(batches)])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step == 0:
+            first_step = time.perf_counter() - first_step  # with compilation, if any
+    final_loss = out.loss.item()  # waits for the GPU
+    seconds = time.perf_counter() - start
+    tokens_per_s = steps * block * micro / seconds
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    result = {
+        "loss": loss, "attention": impl, "compile": compiled,
+        "tokens_per_s": round(tokens_per_s, 1), "peak_gpu_memory_gb": round(peak_gb, 2),
+        "first_step_s": round(first_step, 1), "final_loss": round(final_loss, 4),
+        "parameters": total, "lora_parameters": lora,
+    }  # fmt: skip
+    result |= _mfu(tokens_per_s, _flops_per_token(model_cfg, block, total, lora), peak)
+    del runner, model, base, optimizer, out, batches, trainable
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if compiled:
+        torch._dynamo.reset()
+    print(f"gpu: {loss} loss, {impl}, compile {'on' if compiled else 'off'}: "
+          f"{tokens_per_s:,.0f} tokens/s, peak {peak_gb:.2f} GB, first step "
+          f"{first_step:.1f} s{_mfu_text(result)}")  # fmt: skip
+    return result
+
+
+def _synthetic_batch(block: int, micro: int, seed: int, flat: bool, device: Any
+                     ) -> dict[str, Any]:  # fmt: skip
+    """Packed blocks as the corpus makes them: documents of 1-``block`` tokens whose positions
+    restart, the label of each document's first token -100; ``flat`` joins the rows into one
+    (what FlashAttention needs to keep documents apart)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, GPU_VOCAB, (micro, block), generator=gen)
+    positions = torch.empty_like(ids)
+    for row in range(micro):
+        at = 0
+        while at < block:
+            length = int(torch.randint(1, block + 1, (1,), generator=gen))
+            n = min(length, block - at)
+            positions[row, at : at + n] = torch.arange(n)
+            at += n
+    labels = ids.clone()
+    labels[positions == 0] = -100
+    batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    if flat:
+        batch = {key: value.reshape(1, -1) for key, value in batch.items()}
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _lora_parameters(model_cfg: dict[str, Any], r: int) -> int:
+    """LoRA parameters of a LLaMA with rank ``r`` on every projection."""
+    h, layers, inter = (model_cfg[k] for k in ("hidden_size", "num_hidden_layers",
+                                               "intermediate_size"))  # fmt: skip
+    kv = model_cfg["num_key_value_heads"] * h // model_cfg["num_attention_heads"]
+    per_layer = 2 * (h + h) + 2 * (h + kv) + 3 * (h + inter)
+    return r * per_layer * layers
+
+
+def _flops_per_token(model_cfg: dict[str, Any], block: int, total: int, lora: int
+                     ) -> dict[str, float]:  # fmt: skip
+    """Training FLOPs per token. ``6n``: 6 x all parameters. ``work``: what LoRA training does:
+    forward 2 per matmul weight (the blocks' projections, the adapters, the lm_head; an
+    embedding lookup costs none), backward 2 per matmul weight for the activation gradients
+    and 2 per trained matmul weight for the weight gradients (the adapters, and the whole
+    lm_head, since its new rows are trained), plus attention 12 x layers x hidden x block
+    (PaLM's count, fwd + bwd, without the causal or per-document halving)."""
     h, layers, inter = (model_cfg[k] for k in ("hidden_size", "num_hidden_layers",
                                                "intermediate_size"))  # fmt: skip
     kv = model_cfg["num_key_value_heads"] * h // model_cfg["num_attention_heads"]
     rows = -(-GPU_VOCAB // 64) * 64
-    total, trainable = figures["total_parameters"], figures["trainable_parameters"]
-    # FLOPs per token. Matmul weights: the blocks' projections and the lm_head (an embedding
-    # lookup costs none). Forward 2N, backward 2N for activation gradients, and 2 per *trainable*
-    # matmul weight for weight gradients (LoRA + the lm_head copy; not the frozen base, and
-    # not the input-embedding copy, whose gradient is a scatter). Attention: 12 * L * h * T.
-    matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + rows * h
-    attention = 12 * layers * h * block
-    lora_flops = 4 * matmul + 2 * (trainable - rows * h) + attention
-    full_flops = 6 * matmul + attention  # the usual 6N convention, as if every weight trained
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)"
-    peak = peak_override or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    result = {
-        "device": name, "model": model_cfg, "vocab": GPU_VOCAB, "block_size": block,
-        "micro_batch": micro, "parameters": total, "trainable_parameters": trainable,
-        "tokens_per_s": round(tokens_per_s, 1), "peak_gpu_memory_gb": figures["peak_gpu_memory_gb"],
-    }  # fmt: skip
-    if peak:
-        result["mfu_lora_flops"] = round(tokens_per_s * lora_flops / (peak * 1e12), 4)
-        result["mfu_6n_convention"] = round(tokens_per_s * full_flops / (peak * 1e12), 4)
-    print(f"gpu: {name}: {tokens_per_s:,.0f} tokens/s, peak memory "
-          f"{figures['peak_gpu_memory_gb']} GB, {total / 1e9:.2f}B parameters")  # fmt: skip
-    if peak:
-        print(f"gpu: MFU {100 * result['mfu_lora_flops']:.1f}% counting LoRA training FLOPs "
-              f"(4N + 2N_trainable + attention), {100 * result['mfu_6n_convention']:.1f}% by the "
-              f"6N convention; peak {peak} TFLOP/s (goal >= 35% on H100)")  # fmt: skip
-    return result
+    frozen = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+    matmul = frozen + lora + rows * h
+    work = 4 * matmul + 2 * (lora + rows * h) + 12 * layers * h * block
+    return {"6n": 6.0 * total, "work": float(work)}
+
+
+def _mfu(tokens_per_s: float, flops: dict[str, float], peak: float | None) -> dict[str, Any]:
+    if not peak:
+        return {}
+    return {f"mfu_{k}": round(tokens_per_s * v / (peak * 1e12), 4) for k, v in flops.items()}
+
+
+def _mfu_text(result: dict[str, Any]) -> str:
+    if "mfu_6n" not in result:
+        return ""
+    return f", MFU {_pct(result['mfu_6n'])} (6N) / {_pct(result['mfu_work'])} (LoRA's work)"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 if __name__ == "__main__":

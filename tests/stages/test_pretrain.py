@@ -246,6 +246,21 @@ def test_pretrain_config_errors_are_reported_together(tmp_path: Path) -> None:
     assert "ds.json: not valid JSON" in result.stderr
 
 
+def test_chunked_loss_and_eager_attention_train_as_the_defaults(
+    reference: Path, tmp_path: Path
+) -> None:
+    training = {**PRETRAIN["training"], "loss_chunk_tokens": 24, "attn_implementation": "eager"}
+    pipeline = setup_pipeline(tmp_path, training=training)
+    done = run_cli("run", str(pipeline))
+    assert done.returncode == 0, done.stderr[-3000:]
+    want, got = logged_losses(reference), logged_losses(tmp_path / "run")
+    assert got.keys() == want.keys()
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4), step
+    bad = run_cli("run", str(pipeline), "pretrain.training.attn_implementation=flash_attention_2")
+    assert bad.returncode == 1 and "flash_attention_2" in bad.stderr.splitlines()[-1]
+
+
 def test_batch_plan_is_settled_before_any_work(tmp_path: Path) -> None:
     pipeline = setup_pipeline(tmp_path, training={**PRETRAIN["training"], "global_batch_size": 4})
     result = run_cli("run", str(pipeline), "--processes", "3")
