@@ -5,15 +5,22 @@
 
 The merged model is made the only safe way: the base is rebuilt exactly as training saw it
 (grown to the merged vocabulary, new rows initialised the same way), the adapter is loaded onto
-it, merged, and saved with the tokenizer. The export is then checked: the saved folder is loaded
-back with ``AutoModelForCausalLM`` / ``AutoTokenizer``, its logits are compared with the adapter
-model's on a validation block, and it generates a few tokens.
+it and merged. The merge is checked in fp32 before any cast (logits on a validation block,
+within a depth-scaled tolerance); the model is then cast, saved with the tokenizer, the saved
+tensors checked equal to the cast ones, and the folder loaded back with
+``AutoModelForCausalLM`` / ``AutoTokenizer`` to generate a few tokens.
+
+The adapter is self-contained: ``adapter_config.json`` names the base, and
+``grown_rows.safetensors`` holds the initial values of the grown embedding rows the adapter does
+not hold (the padding rows; every new row when they were frozen), so plain transformers + PEFT
+rebuild the grown base without llamagene (``llamagene_adapter.json``'s ``how_to_load``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,35 +49,80 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
             shutil.copy2(tokenizer_dir / name, out_dir / name)
 
 
-def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_dir: Path) -> None:
-    """``out_dir/adapter`` (+ ``out_dir/base_model`` when the base was built from a config)."""
+#: Rows of the grown embeddings that the adapter does not hold (``grown_rows.safetensors``).
+GROWN_ROWS = "grown_rows.safetensors"
+
+
+def export_adapter(
+    spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_dir: Path, published: Path
+) -> None:
+    """``out_dir/adapter`` (+ ``out_dir/base_model`` when the base was built from a config).
+    ``published`` is where ``out_dir`` will be once the stage succeeds: the adapter names its
+    base there (a config-built base) or where the config gave it."""
     adapter_dir = out_dir / "adapter"
     shutil.copytree(
         final_dir,
         adapter_dir,
         ignore=shutil.ignore_patterns("train_figures.json", "training_args.bin", "README.md"),
     )
-    normalize_adapter_config(adapter_dir / "adapter_config.json", spec.model.base_model_dir)
-    copy_tokenizer(tokenizer_dir, adapter_dir)
     work_dir = Path(spec.work_dir)
     if spec.model.base_model_dir is None:
         shutil.copytree(work_dir / "base_model", out_dir / "base_model")
+        base_name = str(published / "base_model")
+    else:
+        base_name = str(Path(spec.model.base_model_dir).resolve())
+    normalize_adapter_config(adapter_dir / "adapter_config.json", base_name)
+    copy_tokenizer(tokenizer_dir, adapter_dir)
     meta = tokenizer_meta(tokenizer_dir)
     rows = padded_vocab_size(int(meta["vocab_size"]))
+    first = _first_row_not_held(spec, int(meta["base_vocab_size"]), int(meta["vocab_size"]))
+    if first < rows:
+        _save_grown_rows(spec, work_dir, first, adapter_dir / GROWN_ROWS)
     info = {
         "format": "llamagene-adapter",
-        "version": 1,
-        "base_model": spec.model.base_model_dir or "base_model (built from a config)",
+        "version": 2,
+        "base_model": base_name,
         "rows": int(rows),
         "base_vocab_size": meta["base_vocab_size"],
         "tokenizer_size": meta["vocab_size"],
         "embedding_init": spec.model.embedding_init,
         "embedding_training": spec.model.embedding_training,
-        "how_to_load": "resize the base model's embeddings to `rows` (new rows initialised "
-        "with llamagene.training.model.grow_embeddings) before PeftModel.from_pretrained; or load "
-        "../merged with AutoModelForCausalLM",
+        "grown_rows": {"file": GROWN_ROWS, "first_row": first} if first < rows else None,
+        "how_to_load": (
+            "base = AutoModelForCausalLM.from_pretrained(adapter_config's "
+            "base_model_name_or_path); base.resize_token_embeddings(rows); copy the tensors of "
+            f"{GROWN_ROWS} (embed_tokens, and lm_head unless tied) into rows first_row.. of the "
+            "input and output embeddings; PeftModel.from_pretrained(base, this folder). Or "
+            "load ../merged with AutoModelForCausalLM"
+        ),
     }
     write_text_atomic(adapter_dir / ADAPTER_META, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _first_row_not_held(spec: TrainSpec, base_size: int, tokenizer_size: int) -> int:
+    """The first embedding row the adapter does not hold: full copies hold every row, PEFT's
+    trainable tokens the new rows, a frozen vocabulary none of the grown ones."""
+    training = spec.model.embedding_training
+    if training == "modules_to_save":
+        return padded_vocab_size(tokenizer_size)
+    return tokenizer_size if training == "trainable_tokens" else base_size
+
+
+def _save_grown_rows(spec: TrainSpec, work_dir: Path, first: int, path: Path) -> None:
+    """The rows ``first..`` of the grown base's embeddings, as training started them."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llamagene.training.model import embedding_matrices
+    from llamagene.training.worker import build_model
+
+    base = build_model(spec.model, work_dir, torch.float32)
+    names = ("embed_tokens", "lm_head")
+    tensors = {
+        name: weight[first:].detach().clone().contiguous()
+        for name, weight in zip(names, embedding_matrices(base), strict=False)
+    }
+    save_file(tensors, str(path), metadata={"first_row": str(first)})
 
 
 def padding_rows(tokenizer_dir: Path) -> list[int]:
@@ -96,8 +148,7 @@ def normalize_adapter_config(path: Path, base_model: str | None) -> None:
     """Rewrite PEFT's ``adapter_config.json`` the same way every run: PEFT keeps
     ``target_modules`` (and ``exclude_modules``) as a set, so it lists them in a different
     order in each process; sorted lists and sorted keys load back the same. The base is named
-    as the config gave it (``None`` for one built from a config: PEFT would name the
-    scratch folder a resumed run loaded it from)."""
+    where it will stay (PEFT would name the scratch folder a resumed run loaded it from)."""
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_model
     for key in _SET_VALUED:
@@ -113,12 +164,20 @@ def corpus_sample(corpus: PackedCorpus) -> list[int]:
 
 
 def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict[str, Any]:
-    """Merge the adapter into the base, save ``out_dir/merged``, load it back and check it on
-    ``sample_ids``. Its generation config suppresses the padding rows (never a token)."""
+    """Merge the adapter into the base, check the merge, save ``out_dir/merged`` and check
+    what was saved. Its generation config suppresses the padding rows (never a token).
+
+    The merge is checked in fp32, before any cast: the merged model's logits on
+    ``sample_ids`` must equal the adapter model's within a tolerance that grows with depth
+    (float sums over more layers) and the logits' scale. The model is then cast to the
+    training precision and saved, and the saved tensors must equal the cast ones exactly. The
+    folder is loaded back with the auto classes and generates; how far bf16 rounding moved its
+    logits (largest difference, top-1 agreement with the fp32 adapter model) is reported."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llamagene.errors import StageError
     from llamagene.training.spec import resolve_precision
     from llamagene.training.worker import build_model
 
@@ -129,6 +188,17 @@ def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict
     with torch.no_grad():
         expected = peft_model(input_ids=sample).logits
     merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=sample).logits
+    max_diff = float((merged_logits - expected).abs().max())
+    layers = int(getattr(merged.config, "num_hidden_layers", 1))
+    tolerance = merge_tolerance(layers, float(expected.abs().max()))
+    if not max_diff <= tolerance:
+        raise StageError(
+            f"the merged model's logits differ from the adapter model's by {max_diff:.3g} in "
+            f"fp32 (tolerance {tolerance:.3g} for {layers} layers): the merge is wrong; "
+            "please report it"
+        )
     save_dtype = torch.bfloat16 if resolve_precision(spec.train["precision"]) == "bf16" else None
     if save_dtype is not None:
         merged = merged.to(save_dtype)
@@ -136,6 +206,9 @@ def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict
     _generation_defaults(merged, Path(spec.model.tokenizer_dir))
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
     copy_tokenizer(Path(spec.model.tokenizer_dir), merged_dir)
+    mismatch = _saved_mismatch(merged, merged_dir)
+    if mismatch is not None:
+        raise StageError(f"{merged_dir}: {mismatch}: the saved model is not the merged one")
     del merged, peft_model, base
 
     loaded = AutoModelForCausalLM.from_pretrained(
@@ -145,7 +218,8 @@ def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     with torch.no_grad():
         got = loaded(input_ids=sample).logits
-    max_diff = float((got - expected).abs().max())
+    saved_diff = float((got - expected).abs().max())
+    top1 = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
     prompt = sample[:, :16]
     with torch.no_grad():
         generated = loaded.generate(
@@ -158,15 +232,42 @@ def export_merged(spec: TrainSpec, out_dir: Path, sample_ids: list[int]) -> dict
         )
     new_tokens = int(generated.shape[1] - prompt.shape[1])
     log.info(
-        "export: merged model reloaded; max |logit difference| vs adapter %.2e; generated %d "
-        "tokens", max_diff, new_tokens,
+        "export: merge checked in fp32 (max |logit difference| vs adapter %.2e, tolerance "
+        "%.2e); saved %s weights reloaded: max difference %.2e, top-1 agreement %.3f; "
+        "generated %d tokens", max_diff, tolerance, "bf16" if save_dtype else "fp32",
+        saved_diff, top1, new_tokens,
     )  # fmt: skip
-    tolerance = 5e-2 if save_dtype is not None else 1e-3
-    if not max_diff <= tolerance:
-        from llamagene.errors import StageError
+    return {
+        "max_logit_diff": max_diff,
+        "merge_tolerance": tolerance,
+        "saved_dtype": "bf16" if save_dtype is not None else "fp32",
+        "saved_max_logit_diff": saved_diff,
+        "saved_top1_agreement": top1,
+        "generated_tokens": new_tokens,
+    }
 
-        raise StageError(
-            f"the merged model's logits differ from the adapter model's by {max_diff:.3g} "
-            f"(tolerance {tolerance}): the export is wrong; please report it"
-        )
-    return {"max_logit_diff": max_diff, "generated_tokens": new_tokens}
+
+def merge_tolerance(layers: int, logit_scale: float) -> float:
+    """How far fp32 merged logits may stray from the adapter model's: 1e-5 of the logits'
+    scale per layer, summed as independent rounding errors grow (the square root of depth).
+    A 2-layer model with logits near 10 allows ~1.6e-4; a 32-layer 7B, ~6e-4. A wrong merge
+    (a missed scaling, a row left out) is off by orders of magnitude more."""
+    return 1e-5 * max(logit_scale, 1.0) * math.sqrt(max(layers, 1)) + 1e-5
+
+
+def _saved_mismatch(model: Any, folder: Path) -> str | None:
+    """Whether the safetensors files in ``folder`` hold exactly ``model``'s tensors."""
+    import torch
+    from safetensors import safe_open
+
+    state = model.state_dict()
+    seen = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name not in state:
+                    return f"{path.name} holds {name}, which the model lacks"
+                if not torch.equal(handle.get_tensor(name), state[name].detach().cpu()):
+                    return f"{path.name}: {name} differs from the model's"
+                seen += 1
+    return None if seen else "no weights were saved"

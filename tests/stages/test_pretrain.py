@@ -115,6 +115,16 @@ def test_new_rows_train_and_frozen_weights_do_not(reference: Path) -> None:
     assert not torch.equal(merged[q], base[q])
 
 
+def test_the_adapter_of_a_config_built_base_names_its_exported_base(reference: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    adapter = reference / "pretrain" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(reference / "pretrain" / "base_model")
+    merged = AutoModelForCausalLM.from_pretrained(str(reference / "pretrain" / "merged"))
+    _adapter_loads_with_plain_peft(adapter, merged)
+
+
 def test_export_loads_with_auto_classes_and_matches_the_adapter(reference: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -351,6 +361,43 @@ def test_demo_pipeline_pretrains_finetunes_and_evaluates(tmp_path: Path) -> None
     assert (tmp_path / "demo" / "evaluate" / "charts" / "loss.png").is_file()
 
 
+def _adapter_loads_with_plain_peft(adapter: Path, merged: torch.nn.Module) -> None:
+    """The adapter names its base and carries the grown rows it does not hold: transformers
+    and PEFT alone (no llamagene code) rebuild the model, and it gives the merged logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    info = json.loads((adapter / "llamagene_adapter.json").read_text())
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    base.resize_token_embeddings(info["rows"])
+    grown = load_file(str(adapter / info["grown_rows"]["file"]))
+    first = info["grown_rows"]["first_row"]
+    with torch.no_grad():
+        base.get_input_embeddings().weight[first:] = grown["embed_tokens"]
+        base.get_output_embeddings().weight[first:] = grown["lm_head"]
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ids = torch.tensor([[1, *range(32000, 32040)]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+
+
+def test_a_bf16_export_checks_the_merge_in_fp32_then_the_saved_weights(tmp_path: Path) -> None:
+    """bf16 rounding grows with depth, so the merge is checked before the cast (fp32, a
+    depth-scaled tolerance) and the saved bf16 tensors must equal the cast ones exactly."""
+    training = {**PRETRAIN["training"], "precision": "bf16", "max_steps": 4}
+    config = {**PRETRAIN["base_model_config"], "num_hidden_layers": 8}
+    pipeline = setup_pipeline(tmp_path, training=training, base_model_config=config)
+    done = run_cli("run", str(pipeline))
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = json.loads((tmp_path / "run" / "pretrain" / "report.json").read_text())["export"]
+    assert export["saved_dtype"] == "bf16"
+    assert export["max_logit_diff"] <= export["merge_tolerance"] < 1e-3
+    assert export["saved_max_logit_diff"] > export["max_logit_diff"]  # bf16 rounding, reported
+    merged = json.loads((tmp_path / "run" / "pretrain" / "merged" / "config.json").read_text())
+    assert merged["dtype"] == "bfloat16"
+
+
 def test_local_hf_base_model_folder(tmp_path: Path) -> None:
     """A pretrained base given as a HF folder: loaded, grown, trained, merged into merged/."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -372,6 +419,10 @@ def test_local_hf_base_model_folder(tmp_path: Path) -> None:
     assert info["base_model"] == str(tmp_path / "base") and info["rows"] % 64 == 0
     merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"))
     assert merged.get_input_embeddings().weight.shape[0] == info["rows"]
+    export = json.loads((out / "report.json").read_text())["export"]
+    assert export["max_logit_diff"] <= export["merge_tolerance"] < 1e-3
+    assert export["saved_dtype"] == "fp32" and export["saved_top1_agreement"] == 1.0
+    _adapter_loads_with_plain_peft(out / "adapter", merged)
     status = run_cli("status", str(pipeline))
     assert "pretrain     up to date" in status.stdout
     (tmp_path / "base" / "config.json").write_text(
