@@ -291,6 +291,13 @@ def test_batch_plan_is_settled_before_any_work(tmp_path: Path) -> None:
     assert "lowered from micro_batch_size 2" in plan.stdout
     assert "steps            12 (training.max_steps)" in plan.stdout
     assert "tokens per step  256 (4 x 64)" in plan.stdout
+    # the memory estimate (llamagene.training.memory; checked against a measured CPU peak in
+    # tests/unit/test_memory_plan.py) for the base it builds, on 4 processes
+    assert "memory per GPU: 4 processes, no DeepSpeed" in plan.stdout
+    for part in ("weights", "trainable", "optimizer", "activations", "logits", "total"):
+        assert f"\n  {part} " in plan.stdout, part
+    zero3 = run_cli("plan", str(pipeline), "--gpus", "4", f"pretrain.deepspeed={ZERO3}")
+    assert "ZeRO-3" in zero3.stdout, zero3.stdout
 
 
 def test_a_stop_request_saves_a_checkpoint_and_a_rerun_resumes(
