@@ -790,28 +790,30 @@ def test_usr1_checkpoints_requeues_and_the_rerun_resumes(sandbox: Env) -> None:
     assert (sandbox.tmp / "scontrol.log").read_text() == "requeue 77\n"  # not again
 
 
-def test_term_stops_at_a_checkpoint_but_never_requeues(sandbox: Env) -> None:
-    script, stop_file = _job_from_dry_run(sandbox, "--nproc", "1")
+@pytest.mark.parametrize(
+    ("extra", "sig", "said"),
+    [
+        ((), signal.SIGTERM, "not requeued; resubmit this file to resume"),
+        (("--no-requeue",), signal.SIGUSR1,
+         "stopped at a checkpoint (--no-requeue); resubmit this file to resume"),
+    ],
+    ids=["term-never-requeues", "no-requeue"],
+)  # fmt: skip
+def test_a_stop_that_is_not_requeued(
+    sandbox: Env, extra: tuple[str, ...], sig: signal.Signals, said: str
+) -> None:
+    """SIGTERM (a cancelled job) and --no-requeue stop at a checkpoint without a requeue."""
+    script, stop_file = _job_from_dry_run(sandbox, "--nproc", "1", *extra)
+    if extra:
+        text = script.read_text()
+        assert "#SBATCH --no-requeue\n" in text and "#SBATCH --requeue\n" not in text
     job = _start_job(sandbox, script)
-    job.send_signal(signal.SIGTERM)
+    job.send_signal(sig)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode == 75
     assert stop_file.exists()
     assert not (sandbox.tmp / "scontrol.log").exists()
-    assert "not requeued; resubmit this file to resume" in stderr
-
-
-def test_no_requeue_stops_and_leaves_the_resubmission_to_you(sandbox: Env) -> None:
-    script, stop_file = _job_from_dry_run(sandbox, "--nproc", "1", "--no-requeue")
-    text = script.read_text()
-    assert "#SBATCH --no-requeue\n" in text and "#SBATCH --requeue\n" not in text
-    job = _start_job(sandbox, script)
-    job.send_signal(signal.SIGUSR1)
-    _, stderr = job.communicate(timeout=60)
-    assert job.returncode == 75
-    assert stop_file.exists()
-    assert not (sandbox.tmp / "scontrol.log").exists()
-    assert "stopped at a checkpoint (--no-requeue); resubmit this file to resume" in stderr
+    assert said in stderr
 
 
 def test_a_failed_run_is_not_requeued(sandbox: Env) -> None:
