@@ -300,6 +300,24 @@ def test_batch_plan_is_settled_before_any_work(tmp_path: Path) -> None:
     assert "ZeRO-3" in zero3.stdout, zero3.stdout
 
 
+def test_prepare_runs_the_cpu_work_before_training(tmp_path: Path) -> None:
+    """What a CPU job runs ahead of the GPU job: upstream stages and the corpus, no training;
+    the plan then knows the steps."""
+    pipeline = setup_pipeline(tmp_path, training={**PRETRAIN["training"], "max_steps": None})
+    done = run_cli("prepare", str(pipeline), "--stage", "pretrain")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prepared pretrain" in done.stdout
+    run_dir = tmp_path / "run"
+    assert (run_dir / "merge_vocab").is_dir() and not (run_dir / "pretrain").exists()
+    (corpus,) = (run_dir / ".cache" / "corpus").glob("*/meta.json")
+    blocks = json.loads((corpus.parent / "stats.json").read_text())["train_blocks"]
+    plan = run_cli("plan", str(pipeline), "--gpus", "2")
+    steps = -(-blocks // 4)  # one epoch of blocks, 4 a step
+    assert f"steps            {steps} (1 epoch(s) over {blocks} training sequences)" in plan.stdout
+    again = run_cli("prepare", str(pipeline), "--stage", "pretrain")
+    assert again.returncode == 0 and "corpus cache hit" in again.stderr
+
+
 def test_a_stop_request_saves_a_checkpoint_and_a_rerun_resumes(
     reference: Path, tmp_path: Path
 ) -> None:
