@@ -94,7 +94,8 @@ def settle_batch(
 
 def with_steps(plan: BatchPlan, settings: TrainSettings, sequences: int | None) -> BatchPlan:
     """The plan with its step count: ``max_steps``, or epochs over ``sequences`` training
-    sequences (HF Trainer's count: whole micro batches per process, then whole steps)."""
+    sequences (HF Trainer's count: micro batches per process, then steps, a last partial one
+    of each included)."""
     from dataclasses import replace
 
     if settings.max_steps is not None:
@@ -102,7 +103,7 @@ def with_steps(plan: BatchPlan, settings: TrainSettings, sequences: int | None) 
     if sequences is None:
         return replace(plan, steps_note="known once the training data is prepared")
     batches = math.ceil(sequences / (plan.micro_batch * plan.processes))
-    per_epoch = max(batches // plan.accumulation, 1)
+    per_epoch = max(math.ceil(batches / plan.accumulation), 1)  # a last, shorter step too
     steps = math.ceil(settings.epochs * per_epoch)
     note = f"{settings.epochs:g} epoch(s) over {sequences:,} training sequences"
     return replace(plan, steps=steps, steps_note=note)
