@@ -53,12 +53,11 @@ def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 GROWN_ROWS = "grown_rows.safetensors"
 
 
-def export_adapter(
-    spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_dir: Path, published: Path
-) -> None:
+def export_adapter(spec: TrainSpec, final_dir: Path, tokenizer_dir: Path, out_dir: Path) -> None:
     """``out_dir/adapter`` (+ ``out_dir/base_model`` when the base was built from a config).
-    ``published`` is where ``out_dir`` will be once the stage succeeds: the adapter names its
-    base there (a config-built base) or where the config gave it."""
+    The adapter names its base: where the config gave it, or ``../base_model`` (relative to
+    the adapter folder, so that two runs in different folders write the same bytes) for a base
+    built from a config."""
     adapter_dir = out_dir / "adapter"
     shutil.copytree(
         final_dir,
@@ -68,7 +67,7 @@ def export_adapter(
     work_dir = Path(spec.work_dir)
     if spec.model.base_model_dir is None:
         shutil.copytree(work_dir / "base_model", out_dir / "base_model")
-        base_name = str(published / "base_model")
+        base_name = "../base_model"
     else:
         base_name = str(Path(spec.model.base_model_dir).resolve())
     normalize_adapter_config(adapter_dir / "adapter_config.json", base_name)
@@ -90,7 +89,8 @@ def export_adapter(
         "grown_rows": {"file": GROWN_ROWS, "first_row": first} if first < rows else None,
         "how_to_load": (
             "base = AutoModelForCausalLM.from_pretrained(adapter_config's "
-            "base_model_name_or_path); base.resize_token_embeddings(rows); copy the tensors of "
+            "base_model_name_or_path, a relative one taken from this folder); "
+            "base.resize_token_embeddings(rows); copy the tensors of "
             f"{GROWN_ROWS} (embed_tokens, and lm_head unless tied) into rows first_row.. of the "
             "input and output embeddings; PeftModel.from_pretrained(base, this folder). Or "
             "load ../merged with AutoModelForCausalLM"

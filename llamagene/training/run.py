@@ -189,8 +189,7 @@ def export_run(
     figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))
     timings = {k: figures.pop(k) for k in TIMING_FIGURES if k in figures}
     start = time.perf_counter()
-    published = ctx.run_dir / ctx.name  # where out_dir goes when the stage succeeds
-    export_adapter(spec, final, Path(spec.model.tokenizer_dir), out_dir, published)
+    export_adapter(spec, final, Path(spec.model.tokenizer_dir), out_dir)
     if merged:
         figures["export"] = export_merged(spec, out_dir, sample_ids)
     timings["export_seconds"] = round(time.perf_counter() - start, 2)

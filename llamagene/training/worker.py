@@ -213,6 +213,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     held = _per_process(held_here)
     log.info("base model: %s parameters; held per process after loading: %s",
              f"{base_parameters:,}", ", ".join(f"{h:,}" for h in held))  # fmt: skip
+    if _is_rank_zero():
+        loaded = {"base_parameters": base_parameters, "base_parameters_held_per_process": held}
+        (work_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(work_dir / LOGS_DIR / "model.json", json.dumps(loaded) + "\n")
     meta = tokenizer_meta(Path(spec.model.tokenizer_dir))
     new_ids = list(range(int(meta["base_vocab_size"]), int(meta["vocab_size"])))
     lora = LoraSettings.model_validate(spec.model.lora)

@@ -160,7 +160,9 @@ def test_documents_in_a_block_match_the_documents_alone(
             loss = torch.nn.functional.cross_entropy(
                 alone[:-1], labels[row, a + 1 : e], ignore_index=-100, reduction="none"
             )
-            assert (token_loss[row, a : e - 1] - loss).abs().max() < ATOL, (row, a, e)
+            # token losses near 10: fp32 rounding of a log-sum-exp over ~40k rows is ~1e-6 of it
+            gap = (token_loss[row, a : e - 1] - loss).abs() - 1e-6 * loss.abs()
+            assert gap.max() < ATOL, (row, a, e)
             if e < BLOCK:  # the last token predicts no token of the next segment
                 assert labels[row, e] == -100
             alone_sum += float(loss.sum())
