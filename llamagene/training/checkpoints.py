@@ -93,7 +93,8 @@ def load_trainable_weights(model: Any, checkpoint: Path) -> None:
     if not path.is_file():
         raise StageError(f"{checkpoint}: no adapter_model.safetensors to resume the weights from")
     weights = load_file(str(path))
-    with gathered(list(model.parameters())):
+    trained = [p for p in model.parameters() if p.requires_grad]  # all the adapter file holds
+    with gathered(trained):
         result = set_peft_model_state_dict(model, weights)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
