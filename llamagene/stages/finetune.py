@@ -169,7 +169,7 @@ class Finetune:
         run_workers(spec, spec_path, ctx.launcher, self.name)
 
         sample = _sample_ids(work_dir / "data", stats)
-        figures, timings = export_run(spec, ctx, sample, cfg.export_merged)
+        figures, timings = export_run(spec, ctx.out_dir, sample, cfg.export_merged)
         if cfg.export_merged:
             figures["export"]["chat_template_rows"] = _check_chat_template(
                 ctx.out_dir / "merged", splits["dev"] if stats["dev"]["rows"] else splits["train"]

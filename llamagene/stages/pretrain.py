@@ -200,7 +200,7 @@ class Pretrain:
 
         from llamagene.training.export import corpus_sample
 
-        figures, timings = export_run(spec, ctx, corpus_sample(corpus), cfg.export_merged)
+        figures, timings = export_run(spec, ctx.out_dir, corpus_sample(corpus), cfg.export_merged)
         stats = dict(corpus.stats)
         if "throughput" in stats:  # how fast the cache was filled, maybe by an earlier run
             timings["corpus_throughput"] = stats.pop("throughput")

@@ -104,16 +104,13 @@ def _model_config(pipeline: Pipeline, stage: str, cfg: Any) -> dict[str, Any]:
                 raise StageError("finetune has no base_model and no pretrain stage")
             return _model_config(pipeline, "pretrain", pretrain)
     if folder is None:
-        return {**TINY_LLAMA, **(cfg.base_model_config or {}), "vocab_size": _base_vocab(pipeline)}
+        base_rows = _vocabulary(pipeline, {})[0]  # the base tokenizer's pieces
+        return {**TINY_LLAMA, **(cfg.base_model_config or {}), "vocab_size": base_rows}
     try:
         loaded: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise StageError(f"cannot read {folder / 'config.json'}: {err}") from None
     return loaded
-
-
-def _base_vocab(pipeline: Pipeline) -> int:
-    return _vocabulary(pipeline, {})[0]
 
 
 def _vocabulary(pipeline: Pipeline, config: dict[str, Any]) -> tuple[int, int]:

@@ -3,7 +3,7 @@ the DeepSpeed config, starting the workers (here, or under a launcher), and the 
 
     key = work_key(plain_config, corpus_key, tokenizer_dir)
     run_workers(spec, spec_path, ctx.launcher, "finetune")     # resumes from a checkpoint
-    figures, timings = export_run(spec, ctx, sample_ids, merged=True)
+    figures, timings = export_run(spec, ctx.out_dir, sample_ids, merged=True)
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 from llamagene import locks
 from llamagene.errors import StageError, TrainingStopped
 from llamagene.manifest import write_text_atomic
-from llamagene.stages import StageContext
 from llamagene.training.batch_plan import (
     PROCESSES_ENV,
     BatchPlan,
@@ -176,14 +175,12 @@ def _check_stopped(spec: TrainSpec, stage: str) -> None:
 
 
 def export_run(
-    spec: TrainSpec, ctx: StageContext, sample_ids: list[int], merged: bool
+    spec: TrainSpec, out_dir: Path, sample_ids: list[int], merged: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Export the finished training into the stage's output folder (``adapter/``, ``merged/``
-    when asked, ``logs/``); returns the reproducible figures and the timings (see
-    ``TIMING_FIGURES``)."""
+    """Export the finished training into ``out_dir`` (``adapter/``, ``merged/`` when asked,
+    ``logs/``); returns the reproducible figures and the timings (see ``TIMING_FIGURES``)."""
     from llamagene.training.export import export_adapter, export_merged
 
-    out_dir = ctx.out_dir
     work_dir = Path(spec.work_dir)
     final = work_dir / FINAL_DIR
     figures = json.loads((final / "train_figures.json").read_text(encoding="utf-8"))

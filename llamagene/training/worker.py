@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamagene.errors import StageError
 from llamagene.manifest import write_text_atomic
-from llamagene.training.batch_plan import settle_batch
+from llamagene.training.batch_plan import BatchPlan, settle_batch
 from llamagene.training.checkpoints import (
     checkpoint_processes,
     checkpoint_step,
@@ -69,11 +69,11 @@ from llamagene.training.spec import (
     resolve_precision,
     zero_stage,
 )
-from llamagene.training.trainer import make_trainer, open_data, stopped_at_step
+from llamagene.training.trainer import TrainingData, make_trainer, open_data, stopped_at_step
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, TrainingArguments
 
 
 log = logging.getLogger("llamagene")
@@ -136,7 +136,7 @@ def _log_growth(grown: GrownVocab) -> None:
 def train(spec: TrainSpec) -> dict[str, Any]:
     """Train (or resume) as the spec says; rank 0 writes ``work_dir/final``. Returns figures."""
     import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     settings = TrainSettings.model_validate(spec.train)
     work_dir = Path(spec.work_dir)
@@ -145,7 +145,6 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     plan = settle_batch(settings, world, f"{stage}.training")
     if plan.micro_batch != settings.micro_batch_size:
         log.warning("%s: batch plan: %s", stage, plan.lines()[1])
-    accumulation = plan.accumulation
     precision = resolve_precision(settings.precision)
     on_gpu = torch.cuda.is_available()
     if spec.deepspeed_config is not None and not on_gpu:
@@ -155,44 +154,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
     checkpoints = work_dir / CHECKPOINTS_DIR
     keep_best = settings.keep_best_checkpoint and data.valid_rows > 0
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=plan.micro_batch,
-        per_device_eval_batch_size=plan.micro_batch,
-        gradient_accumulation_steps=accumulation,
-        max_steps=settings.max_steps or -1,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
-        warmup_steps=settings.lr_warmup_steps,
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        bf16=precision == "bf16",
-        activation_checkpointing=settings.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        logging_steps=settings.log_every_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=settings.save_every_steps,
-        save_total_limit=settings.keep_checkpoints,
-        eval_strategy="steps" if data.valid_rows else "no",
-        eval_steps=settings.eval_every_steps,
-        load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_loss" if keep_best else None,
-        greater_is_better=False if keep_best else None,
-        train_sampling_strategy="group_by_length" if data.padded else "random",
-        include_num_input_tokens_seen="non_padding" if data.padded else "all",
-        seed=settings.seed,
-        data_seed=settings.seed,
-        use_cpu=not on_gpu,
-        report_to=[],
-        deepspeed=spec.deepspeed_config,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        torch_compile=settings.torch_compile,
-    )
+    args = _training_arguments(spec, settings, plan, data, keep_best, precision, on_gpu)
     # the process group now: ZeRO-3's partitioned loading below reads the world size from it
     args._setup_devices  # noqa: B018 - a cached property: touching it sets the group up
     if spec.deepspeed_config is not None:
@@ -272,7 +234,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "steps": steps,
         "resumed_from_step": resumed_from,
         "processes": world,
-        "gradient_accumulation": accumulation,
+        "gradient_accumulation": plan.accumulation,
         "precision": precision,
         "deepspeed_zero_stage": zero_stage(spec.deepspeed_config),
         "train_loss": round(_mean_train_loss(trainer.state.log_history, result.training_loss), 6),
@@ -338,6 +300,59 @@ def _per_process(value: int) -> list[int]:
     values: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return [int(v) for v in values]
+
+
+def _training_arguments(
+    spec: TrainSpec,
+    settings: TrainSettings,
+    plan: BatchPlan,
+    data: TrainingData,
+    keep_best: bool,
+    precision: str,
+    on_gpu: bool,
+) -> TrainingArguments:
+    """HF ``TrainingArguments`` for the spec. Made before the model loads: under DeepSpeed
+    ZeRO-3 they hold the config that partitions the weights as they load."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(Path(spec.work_dir) / CHECKPOINTS_DIR),
+        per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
+        max_steps=settings.max_steps or -1,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
+        warmup_steps=settings.lr_warmup_steps,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        bf16=precision == "bf16",
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=settings.log_every_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=settings.save_every_steps,
+        save_total_limit=settings.keep_checkpoints,
+        eval_strategy="steps" if data.valid_rows else "no",
+        eval_steps=settings.eval_every_steps,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
+        train_sampling_strategy="group_by_length" if data.padded else "random",
+        include_num_input_tokens_seen="non_padding" if data.padded else "all",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=not on_gpu,
+        report_to=[],
+        deepspeed=spec.deepspeed_config,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        torch_compile=settings.torch_compile,
+    )
 
 
 def _mean_train_loss(history: list[dict[str, Any]], this_run: float) -> float:
