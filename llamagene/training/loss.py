@@ -23,8 +23,9 @@ shifted by one (padded with -100 on the right), -100 ignored, cross-entropy of f
 logits, summed and divided by the number of label tokens, or by ``num_items_in_batch`` when the
 Trainer passes it (then the sum over the accumulated micro batches is the global mean). Loss and
 every gradient match the unchunked ones to float rounding (tests/unit/test_chunked_loss.py:
-1e-5 in fp32, for packed rows, PEFT's ``trainable_tokens`` and ``modules_to_save`` heads, under
-DDP). The output has ``logits=None`` when labels are given; evaluation in the Trainer needs only
+1e-5 in fp32, for packed rows, PEFT's ``trainable_tokens`` and ``modules_to_save`` heads); a
+2-process DeepSpeed run with the loss in chunks logs the losses of one process without it
+(tests/stages/test_pretrain.py). The output has ``logits=None`` when labels are given; evaluation in the Trainer needs only
 the loss. Without labels the model's own forward runs.
 """
 

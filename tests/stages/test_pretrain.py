@@ -194,13 +194,16 @@ def _two_process_run(
 def test_two_processes_under_the_wrapper_then_a_resume_on_one(
     reference: Path, tmp_path: Path, zero: Path, embeddings: str
 ) -> None:
-    """2 processes with DeepSpeed under launch.sh, killed after the step-8 checkpoint, then
-    resumed on 1 process. ZeRO-2 logs the one-process run's losses; ZeRO-3 partitions the base
-    as it loads (each process holds half of it); the resume keeps weights, schedule and data
-    position and says that the optimizer state restarts."""
+    """2 processes with DeepSpeed under launch.sh (the loss in chunks), killed after the step-8
+    checkpoint, then resumed on 1 process. ZeRO-2 logs the one-process run's losses; ZeRO-3
+    partitions the base as it loads (each process holds half of it); the resume keeps weights,
+    schedule and data position and says that the optimizer state restarts."""
+    # the loss in chunks (its forward patched under DeepSpeed's engine): the same losses
+    training = {**PRETRAIN["training"], "loss_chunk_tokens": 24}
     run_dir = _two_process_run(
-        tmp_path, zero, env={KILL_AFTER_SAVE_ENV: "8"}, embedding_training=embeddings
-    )
+        tmp_path, zero, env={KILL_AFTER_SAVE_ENV: "8"}, embedding_training=embeddings,
+        training=training,
+    )  # fmt: skip
     work = run_dir / ".work" / "pretrain"
     assert list(work.glob("*/checkpoints/checkpoint-8/global_step8"))
     before = logged_losses_of(work)

@@ -5,7 +5,6 @@ attention check names the fix."""
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,26 +146,6 @@ def test_evaluation_without_gradients_gives_the_same_loss() -> None:
         loss = model(**batch).loss
         use_chunked_loss(model, 5)
         torch.testing.assert_close(model(**batch).loss, loss, atol=1e-6, rtol=1e-6)
-
-
-def test_under_distributed_data_parallel(tmp_path: Path) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    if dist.is_initialized():
-        pytest.skip("a process group is open already")
-    model, batch = _model(), _corpus_batch()
-    loss, grads = _loss_and_grads(model, batch)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        use_chunked_loss(model, 5)  # before wrapping, as the worker does
-        wrapped = DistributedDataParallel(model, find_unused_parameters=False)
-        chunked, chunked_grads = _loss_and_grads(wrapped, batch)
-    finally:
-        dist.destroy_process_group()
-    torch.testing.assert_close(chunked, loss, atol=1e-5, rtol=1e-5)
-    for name, grad in grads.items():
-        torch.testing.assert_close(chunked_grads[f"module.{name}"], grad, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_uses_are_refused() -> None:
