@@ -25,8 +25,8 @@ Trainer passes it (then the sum over the accumulated micro batches is the global
 every gradient match the unchunked ones to float rounding (tests/unit/test_chunked_loss.py:
 1e-5 in fp32, for packed rows, PEFT's ``trainable_tokens`` and ``modules_to_save`` heads); a
 2-process DeepSpeed run with the loss in chunks logs the losses of one process without it
-(tests/stages/test_pretrain.py). The output has ``logits=None`` when labels are given; evaluation in the Trainer needs only
-the loss. Without labels the model's own forward runs.
+(tests/stages/test_pretrain.py). The output has ``logits=None`` when labels are given;
+evaluation in the Trainer needs only the loss. Without labels the model's own forward runs.
 """
 
 from __future__ import annotations
