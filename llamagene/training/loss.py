@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import importlib.util
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from llamagene.errors import StageError
+from llamagene.training.spec import AttentionImplementation
 
 if TYPE_CHECKING:
     import torch
 
 #: Attention implementations a training config may name (transformers' names).
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttentionImplementation)
 #: FlashAttention: the module transformers imports, the package that gives it, and the lowest
 #: CUDA compute capability it runs on (8 = Ampere: A100; 9 = Hopper: H100, H200).
 _FLASH = {

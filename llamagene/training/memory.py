@@ -68,11 +68,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from llamagene.training.model import LLAMA_PROJECTIONS, EmbeddingTraining
+from llamagene.training.spec import AttentionImplementation
 
 if TYPE_CHECKING:
     import torch
 
-AttentionImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"]
 GIB = 2**30
 #: Bytes of an fp32 value: master copies, optimizer moments, RMSNorm internals, the loss.
 FP32 = 4

@@ -15,7 +15,7 @@ from llamagene.manifest import write_text_atomic
 from llamagene.training.model import EmbeddingInit, EmbeddingTraining
 
 Precision = Literal["auto", "bf16", "fp32"]
-AttentionImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"]
+AttentionImplementation = Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"]
 #: Fault injection for resume tests: SIGKILL this process right after the checkpoint of this step.
 KILL_AFTER_SAVE_ENV = "LLAMAGENE_KILL_AFTER_SAVE_STEP"
 #: A file whose appearance asks training to save a checkpoint and stop (a SLURM job's signal
